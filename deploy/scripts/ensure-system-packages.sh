@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Serval needs when they are missing.
+# Usage: ensure-system-packages.sh
+# Needs root (or passwordless sudo) only when something is missing.
+set -euo pipefail
+
+# command-on-PATH -> Debian package providing it
+declare -A NEEDED=(
+    [etcd]=etcd-server
+    [etcdctl]=etcd-client
+    [ip]=iproute2
+)
+
+missing=()
+for cmd in "${!NEEDED[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+done
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+echo "serval: installing missing system packages: ${missing[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO="sudo"
+else
+    echo "serval: cannot install ${missing[*]}: run as root, or install them yourself:" >&2
+    echo "    sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q >/dev/null
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts the packaged etcd as a system service; Serval runs its own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+echo "serval: installed ${missing[*]}" >&2
