@@ -1,0 +1,236 @@
+"""Fan-out of one replica's view to many watch subscribers.
+
+One `Hub` per replica. The follower calls `publish` once per applied store
+batch; the hub encodes the message once per distinct suffix filter and offers
+the same bytes to every subscriber's bounded queue. It never opens an etcd
+watch per subscriber.
+
+Contract:
+- `subscribe(from_revision)` decides synchronously, against the current view
+  and history, what the subscriber needs first: only the missed deltas when
+  the history still holds every change after `from_revision` (a PROGRESS
+  message if there are none), else a snapshot (SNAPSHOT..., SNAPSHOT_END).
+  Everything published afterwards follows in order, so nothing is missed or
+  repeated.
+- A subscriber whose queue is full when a message is published is closed with
+  a reason (it is too slow); its stream ends with RESOURCE_EXHAUSTED and it
+  resumes from its last applied revision, on this replica or another.
+- `resync_all` is for when the view was rebuilt without continuity: every
+  subscriber is closed and reconnects.
+- Single event loop: all methods are called from the loop's thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import asyncio
+
+from registry.api import convert
+from registry.model import Instance
+from registry.view import Delta, History, View, matches_suffix
+
+Clock = Callable[[], float]
+
+
+class SubscriptionClosed(Exception):
+    """The hub closed the subscription; the message says why."""
+
+
+@dataclass
+class SubscriberStats:
+    subscriber_id: str
+    peer: str
+    applied_revision: int
+    lag_revisions: int
+    lag_seconds: float
+    queued_messages: int
+
+
+class Subscription:
+    """One watch stream's pending messages. Owned by the hub; drained by the stream handler."""
+
+    def __init__(self, subscriber_id: str, peer: str, suffix: str, floor: int, max_queued: int) -> None:
+        self.subscriber_id = subscriber_id
+        self.peer = peer
+        self.suffix = suffix
+        # Deltas at or below `floor` were already applied by the subscriber.
+        self.floor = floor
+        self.applied_revision = floor
+        self._max_queued = max_queued
+        self._queue: deque[bytes] = deque()
+        self._snapshot: Iterator[bytes] | None = None
+        self._wake = asyncio.Event()
+        self.closed_reason: str | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def offer(self, message: bytes) -> bool:
+        """Queue a message; False (and nothing queued) if the queue is full."""
+        if len(self._queue) >= self._max_queued:
+            return False
+        self._queue.append(message)
+        self._wake.set()
+        return True
+
+    def close(self, reason: str) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._wake.set()
+
+    def start_snapshot(self, chunks: Iterator[bytes]) -> None:
+        self._snapshot = chunks
+        self._wake.set()
+
+    async def next_message(self) -> bytes:
+        """The next message to send: snapshot chunks first, then queued ones.
+
+        Raise `SubscriptionClosed` once the hub closed the subscription.
+        """
+        while True:
+            if self.closed_reason is not None:
+                raise SubscriptionClosed(self.closed_reason)
+            if self._snapshot is not None:
+                chunk = next(self._snapshot, None)
+                if chunk is not None:
+                    return chunk
+                self._snapshot = None
+            if self._queue:
+                return self._queue.popleft()
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class Hub:
+    """Subscriber registry and fan-out for one replica (see module docstring)."""
+
+    def __init__(
+        self,
+        view: View,
+        history: History,
+        replica_id: str,
+        *,
+        max_queued: int = 4096,
+        snapshot_chunk: int = 500,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._view = view
+        self._history = history
+        self.replica_id = replica_id
+        self._max_queued = max_queued
+        self._chunk = snapshot_chunk
+        self._clock = clock
+        self._subs: set[Subscription] = set()
+        self._published: deque[tuple[int, float]] = deque(maxlen=65536)
+        self.slow_disconnects = 0
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, subscriber_id: str, peer: str, from_revision: int, suffix: str) -> Subscription:
+        """Register a subscriber and queue what it needs first (see module docstring)."""
+        view_rev = self._view.revision
+        missed = self._history.since(from_revision) if from_revision > 0 else None
+        floor = max(from_revision, view_rev) if missed is None else from_revision
+        sub = Subscription(subscriber_id, peer, suffix, floor, self._max_queued)
+        if missed is None:
+            instances = [i for i in self._view.instances() if matches_suffix(i.service, suffix)]
+            sub.applied_revision = 0
+            sub.start_snapshot(self._snapshot_chunks(instances, view_rev))
+        else:
+            wanted = [d for d in missed if matches_suffix(d.service, suffix)]
+            for start in range(0, len(wanted), self._chunk):
+                part = wanted[start : start + self._chunk]
+                sub.offer(self._encode_deltas(part, part[-1].revision))
+            if not wanted:
+                sub.offer(convert.progress_message(view_rev, self.replica_id).SerializeToString())
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def publish(self, deltas: Sequence[Delta], revision: int) -> None:
+        """Offer the deltas of one applied batch to every subscriber; close the ones that are full."""
+        if not deltas:
+            return
+        self._published.append((revision, self._clock()))
+        encoded: dict[str, bytes] = {}
+        for sub in list(self._subs):
+            if sub.floor >= revision:
+                continue
+            if sub.floor > deltas[0].revision:
+                msg = self._filtered(deltas, sub, revision)
+            else:
+                msg = encoded.get(sub.suffix)
+                if msg is None:
+                    msg = encoded[sub.suffix] = self._filtered(deltas, sub, revision)
+            if msg and not sub.offer(msg):
+                self._close_slow(sub)
+
+    def progress(self) -> None:
+        """Tell every idle subscriber the view's revision (keeps streams and lag fresh)."""
+        msg = convert.progress_message(self._view.revision, self.replica_id).SerializeToString()
+        for sub in list(self._subs):
+            if sub.queued == 0 and not sub.offer(msg):
+                self._close_slow(sub)
+
+    def resync_all(self, reason: str) -> None:
+        """Close every subscription (they reconnect and resume or re-snapshot)."""
+        for sub in list(self._subs):
+            sub.close(reason)
+        self._subs.clear()
+
+    def record_applied(self, sub: Subscription, revision: int) -> None:
+        sub.applied_revision = max(sub.applied_revision, revision)
+
+    def stats(self) -> list[SubscriberStats]:
+        now, view_rev = self._clock(), self._view.revision
+        return [
+            SubscriberStats(
+                subscriber_id=s.subscriber_id,
+                peer=s.peer,
+                applied_revision=s.applied_revision,
+                lag_revisions=max(0, view_rev - s.applied_revision),
+                lag_seconds=self._lag_seconds(s.applied_revision, now),
+                queued_messages=s.queued,
+            )
+            for s in sorted(self._subs, key=lambda s: (s.subscriber_id, s.peer))
+        ]
+
+    def _lag_seconds(self, applied: int, now: float) -> float:
+        """Age of the oldest published revision the subscriber has not applied (0 if none)."""
+        for revision, at in self._published:
+            if revision > applied:
+                return max(0.0, now - at)
+        return 0.0
+
+    def _filtered(self, deltas: Sequence[Delta], sub: Subscription, revision: int) -> bytes:
+        wanted = [d for d in deltas if d.revision > sub.floor and matches_suffix(d.service, sub.suffix)]
+        return self._encode_deltas(wanted, revision) if wanted else b""
+
+    def _encode_deltas(self, deltas: Sequence[Delta], revision: int) -> bytes:
+        return convert.deltas_message(deltas, revision, self.replica_id).SerializeToString()
+
+    def _snapshot_chunks(self, instances: list[Instance], revision: int) -> Iterator[bytes]:
+        """Encode lazily, one chunk per call, so a large snapshot does not stall the loop."""
+        if not instances:
+            yield convert.snapshot_message((), revision, self.replica_id, last=True).SerializeToString()
+            return
+        batches = [instances[i : i + self._chunk] for i in range(0, len(instances), self._chunk)]
+        for n, part in enumerate(batches, 1):
+            yield convert.snapshot_message(part, revision, self.replica_id, n == len(batches)).SerializeToString()
+
+    def _close_slow(self, sub: Subscription) -> None:
+        self.slow_disconnects += 1
+        sub.close(
+            f"subscriber {sub.subscriber_id or sub.peer} is too slow: {sub.queued} messages queued; "
+            f"reconnect and resume from revision {sub.applied_revision}"
+        )
+        self._subs.discard(sub)

@@ -1,0 +1,164 @@
+"""Thin gRPC handlers: validate the envelope, call the domain service, map errors.
+
+Each method converts the request (via `convert`), calls `RegistryService` or
+the `Hub`, and fills the response. Domain errors map to status codes in
+`STATUS_OF`; anything unexpected is logged and becomes INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from registry.api import convert
+from registry.api.fanout import Hub, Subscription, SubscriptionClosed
+from registry.api.v1 import registry_pb2 as pb
+from registry.errors import AlreadyExists, Aborted, InvalidArgument, NotFound, RegistryError, Unavailable
+from registry.follower import Follower
+from registry.service import RegistryService
+from registry.view import normalize_suffix
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[RegistryError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Aborted: grpc.StatusCode.ABORTED,
+}
+
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext
+
+
+async def _call(context: Ctx, op: Awaitable[T]) -> T:
+    """Await a domain operation, turning domain errors into the call's status."""
+    try:
+        return await op
+    except RegistryError as e:
+        await _abort(context, e)
+
+
+async def _abort(context: Ctx, e: RegistryError) -> NoReturn:
+    code = next((c for t, c in STATUS_OF.items() if isinstance(e, t)), grpc.StatusCode.INTERNAL)
+    await context.abort(code, str(e))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class RegistryServicer:
+    """Implements serval.registry.v1.Registry (see registry.proto for the contract)."""
+
+    def __init__(self, service: RegistryService, hub: Hub, follower: Follower, status: StatusSource) -> None:
+        self._service = service
+        self._hub = hub
+        self._follower = follower
+        self._status = status
+
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: Ctx) -> pb.OpenSessionResponse:
+        lease = await _call(context, self._service.open_session(request.ttl_seconds))
+        return pb.OpenSessionResponse(lease_id=lease.lease_id, ttl_seconds=lease.ttl_seconds)
+
+    async def CloseSession(self, request: pb.CloseSessionRequest, context: Ctx) -> pb.CloseSessionResponse:
+        await _call(context, self._service.close_session(request.lease_id))
+        return pb.CloseSessionResponse()
+
+    async def KeepAlive(
+        self, requests: AsyncIterator[pb.KeepAliveRequest], context: Ctx
+    ) -> AsyncIterator[pb.KeepAliveResponse]:
+        async for request in requests:
+            ttl = await _call(context, self._service.keep_alive(request.lease_id))
+            yield pb.KeepAliveResponse(lease_id=request.lease_id, ttl_seconds=ttl)
+
+    async def Register(self, request: pb.RegisterRequest, context: Ctx) -> pb.RegisterResponse:
+        if not request.HasField("instance"):
+            await _abort(context, InvalidArgument("instance is required"))
+        inst = convert.instance_from_pb(request.instance)
+        reg = await _call(context, self._service.register(inst, request.lease_id, request.replace))
+        return pb.RegisterResponse(
+            lease_id=reg.lease_id, ttl_seconds=reg.ttl_seconds, revision=reg.revision, service_id=reg.service_id
+        )
+
+    async def Deregister(self, request: pb.DeregisterRequest, context: Ctx) -> pb.DeregisterResponse:
+        revision = await _call(context, self._service.deregister(request.service, request.instance_id))
+        return pb.DeregisterResponse(revision=revision)
+
+    async def UpdateInstance(
+        self, request: pb.UpdateInstanceRequest, context: Ctx
+    ) -> pb.UpdateInstanceResponse:
+        change = request.WhichOneof("change")
+        if change == "weight":
+            op = self._service.set_weight(request.service, request.instance_id, request.weight)
+        elif change == "drain":
+            op = self._service.drain(request.service, request.instance_id, request.drain)
+        else:
+            await _abort(context, InvalidArgument("one of weight or drain must be set"))
+        inst, revision = await _call(context, op)
+        return pb.UpdateInstanceResponse(instance=convert.instance_to_pb(inst), revision=revision)
+
+    async def Resolve(self, request: pb.ResolveRequest, context: Ctx) -> pb.ResolveResponse:
+        insts, revision, sid = await _call(context, self._service.resolve(request.service, request.min_revision))
+        return pb.ResolveResponse(
+            instances=[convert.instance_to_pb(i) for i in insts], revision=revision, service_id=sid
+        )
+
+    async def ListServices(self, request: pb.ListServicesRequest, context: Ctx) -> pb.ListServicesResponse:
+        page, token, revision = await _call(
+            context,
+            self._service.list_services(request.suffix, request.limit, request.page_token, request.min_revision),
+        )
+        return pb.ListServicesResponse(
+            services=[
+                pb.ServiceSummary(name=s.name, service_id=s.service_id, instances=s.instances, serving=s.serving)
+                for s in page
+            ],
+            next_page_token=token,
+            revision=revision,
+        )
+
+    async def Watch(self, requests: AsyncIterator[pb.WatchRequest], context: Ctx) -> None:
+        """First message `start`, then `applied` acks; responses are pre-encoded bytes."""
+        first = await context.read()
+        if first is grpc.aio.EOF or not isinstance(first, pb.WatchRequest) or not first.HasField("start"):
+            await _abort(context, InvalidArgument("the first Watch message must be `start`"))
+        start = first.start
+        if start.from_revision < 0:
+            await _abort(context, InvalidArgument(f"from_revision {start.from_revision} is negative"))
+        try:
+            suffix = normalize_suffix(start.suffix)
+        except ValueError as e:
+            await _abort(context, InvalidArgument(f"suffix: {e}"))
+        if not self._follower.ready:
+            await _abort(context, Unavailable("registry replica is still loading its view from etcd"))
+        sub = self._hub.subscribe(start.subscriber_id[:128], context.peer(), start.from_revision, suffix)
+        reader = asyncio.create_task(self._read_acks(context, sub))
+        try:
+            while True:
+                await context.write(await sub.next_message())
+        except SubscriptionClosed as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        finally:
+            self._hub.unsubscribe(sub)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read_acks(self, context: Ctx, sub: Subscription) -> None:
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            if isinstance(msg, pb.WatchRequest) and msg.HasField("applied"):
+                self._hub.record_applied(sub, msg.applied.revision)
+
+    async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: Ctx) -> pb.ClusterStatusResponse:
+        return await _call(context, self._status())
+
+
+StatusSource = Callable[[], Awaitable[pb.ClusterStatusResponse]]
+

@@ -1,0 +1,83 @@
+"""Group commit: many concurrent registrations, one etcd transaction.
+
+`WriteBatcher.submit` queues one write and waits for its outcome. A single
+worker task takes everything queued (up to `max_batch`) and commits it with
+one call while new writes queue up behind it, so batches grow with load and a
+lone write is committed at once, with no added delay.
+
+Contract: outcomes come back in submission order per batch; an exception from
+the commit call (e.g. `Unavailable`) is raised to every write of that batch;
+after `close()` new writes are refused with `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from registry.errors import Unavailable
+
+W = TypeVar("W")
+O = TypeVar("O")  # noqa: E741
+
+
+class WriteBatcher(Generic[W, O]):
+    def __init__(self, commit: Callable[[Sequence[W]], Awaitable[Sequence[O]]], max_batch: int = 256) -> None:
+        self._commit = commit
+        self._max_batch = max_batch
+        self._pending: list[tuple[W, asyncio.Future[O]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches = 0
+        self.writes = 0
+
+    async def submit(self, write: W) -> O:
+        """Queue `write`, wait for its batch, return its outcome."""
+        if self._closed:
+            raise Unavailable("registry replica is shutting down")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="write-batcher")
+        fut: asyncio.Future[O] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, fut))
+        self._wake.set()
+        return await fut
+
+    async def close(self) -> None:
+        """Stop taking writes; fail the queued ones; wait for the worker."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(Unavailable("registry replica is shutting down"))
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[tuple[W, asyncio.Future[O]]]) -> None:
+        self.batches += 1
+        self.writes += len(batch)
+        try:
+            outcomes = await self._commit([w for w, _ in batch])
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                fut.cancel()
+            raise
+        except Exception as e:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            if not fut.done():
+                fut.set_result(outcome)
