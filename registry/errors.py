@@ -20,7 +20,11 @@ class NotFound(RegistryError):
 
 
 class AlreadyExists(RegistryError):
-    """A conflicting object exists: an ID collision, or an instance held by another lease (→ ALREADY_EXISTS)."""
+    """A conflicting object exists (→ ALREADY_EXISTS).
+
+    Either the name's service ID is owned by another name, or the instance is
+    held by another lease.
+    """
 
 
 class Unavailable(RegistryError):

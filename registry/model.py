@@ -82,7 +82,9 @@ def validate_instance(instance: Instance) -> Instance:
     check_ttl(instance.ttl_seconds)
     for label, value in (("region", instance.region), ("zone", instance.zone)):
         if len(value) > MAX_LOCALITY_LEN or (value and not _METADATA_KEY_RE.fullmatch(value)):
-            raise InvalidArgument(f"locality {label} {value!r} must be <= {MAX_LOCALITY_LEN} of [A-Za-z0-9._/-]")
+            raise InvalidArgument(
+                f"locality {label} {value!r} must be <= {MAX_LOCALITY_LEN} of [A-Za-z0-9._/-]"
+            )
     _check_metadata(instance.metadata)
     return replace(
         instance,
@@ -100,7 +102,9 @@ def validate_instance(instance: Instance) -> Instance:
 def check_instance_id(instance_id: str) -> None:
     """Raise `InvalidArgument` unless `instance_id` is 1-128 of ``[A-Za-z0-9._:-]``."""
     if not INSTANCE_ID_RE.fullmatch(instance_id):
-        raise InvalidArgument(f"instance_id {instance_id[:140]!r} must be 1..128 characters of [A-Za-z0-9._:-]")
+        raise InvalidArgument(
+            f"instance_id {instance_id[:140]!r} must be 1..128 characters of [A-Za-z0-9._:-]"
+        )
 
 
 def check_ttl(ttl_seconds: int) -> None:
@@ -139,7 +143,9 @@ def _check_metadata(metadata: Mapping[str, str]) -> None:
         raise InvalidArgument(f"metadata has {len(metadata)} entries, more than {MAX_METADATA_ENTRIES}")
     for key, value in metadata.items():
         if not (0 < len(key) <= MAX_METADATA_KEY_LEN) or not _METADATA_KEY_RE.fullmatch(key):
-            raise InvalidArgument(f"metadata key {key[:80]!r} must be 1..{MAX_METADATA_KEY_LEN} of [A-Za-z0-9._/-]")
+            raise InvalidArgument(
+                f"metadata key {key[:80]!r} must be 1..{MAX_METADATA_KEY_LEN} of [A-Za-z0-9._/-]"
+            )
         if len(value.encode()) > MAX_METADATA_VALUE_LEN:
             raise InvalidArgument(f"metadata value of {key!r} is longer than {MAX_METADATA_VALUE_LEN} bytes")
 

@@ -10,6 +10,7 @@ Errors are `registry.errors` exceptions; the API layer maps them to codes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from registry import names
 from registry.batcher import WriteBatcher
 from registry.errors import Aborted, InvalidArgument, NotFound, RegistryError, Unavailable
 from registry.follower import Follower
-from registry.model import DEFAULT_TTL_SECONDS, Instance, check_instance_id, check_ttl, check_weight, validate_instance
+from registry.model import (
+    DEFAULT_TTL_SECONDS,
+    Instance,
+    check_instance_id,
+    check_ttl,
+    check_weight,
+    validate_instance,
+)
 from registry.raft.store import InstanceWrite, Lease, Store, WriteOutcome
 from registry.view import matches_suffix, normalize_suffix
 
@@ -201,7 +209,5 @@ def _check_lease_id(lease_id: int) -> None:
 
 
 async def _revoke_quietly(store: Store, lease_id: int) -> None:
-    try:
+    with contextlib.suppress(NotFound, Unavailable):  # else it expires by its TTL anyway
         await store.revoke_lease(lease_id)
-    except (NotFound, Unavailable):
-        pass  # it expires by its TTL anyway

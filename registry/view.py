@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from registry import names
 from registry.model import Instance, resolution_order
-from registry.raft.store import InstanceDeleted, InstancePut, Snapshot, WatchBatch
+from registry.raft.store import InstancePut, Snapshot, WatchBatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ a fresh snapshot only when it was cut off in the middle of one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ class RegistryClient:
     def stub(self) -> pb_grpc.RegistryStub:
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(self.target)
-            self._stub = pb_grpc.RegistryStub(self._channel)
+            self._stub = pb_grpc.RegistryStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     async def failover(self) -> None:
@@ -90,14 +89,18 @@ class RegistryClient:
         req = pb.CloseSessionRequest(lease_id=lease_id)
         await self._retrying(lambda s: s.CloseSession(req, timeout=self.timeout))
 
-    async def register(self, instance: Instance, lease_id: int = 0, replace: bool = False) -> pb.RegisterResponse:
-        req = pb.RegisterRequest(instance=convert.instance_to_pb_input(instance), lease_id=lease_id, replace=replace)
+    async def register(
+        self, instance: Instance, lease_id: int = 0, replace: bool = False
+    ) -> pb.RegisterResponse:
+        req = pb.RegisterRequest(
+            instance=convert.instance_to_pb_input(instance), lease_id=lease_id, replace=replace
+        )
         return await self._retrying(lambda s: s.Register(req, timeout=self.timeout))
 
     async def deregister(self, service: str, instance_id: str) -> int:
         req = pb.DeregisterRequest(service=service, instance_id=instance_id)
         resp = await self._retrying(lambda s: s.Deregister(req, timeout=self.timeout))
-        return resp.revision
+        return int(resp.revision)
 
     async def set_weight(self, service: str, instance_id: str, weight: int) -> pb.UpdateInstanceResponse:
         req = pb.UpdateInstanceRequest(service=service, instance_id=instance_id, weight=weight)
@@ -114,7 +117,9 @@ class RegistryClient:
     async def list_services(
         self, suffix: str = "", limit: int = 0, page_token: str = "", min_revision: int = 0
     ) -> pb.ListServicesResponse:
-        req = pb.ListServicesRequest(suffix=suffix, limit=limit, page_token=page_token, min_revision=min_revision)
+        req = pb.ListServicesRequest(
+            suffix=suffix, limit=limit, page_token=page_token, min_revision=min_revision
+        )
         return await self._retrying(lambda s: s.ListServices(req, timeout=self.timeout))
 
     async def cluster_status(self) -> pb.ClusterStatusResponse:
@@ -162,9 +167,14 @@ class Watch:
                     delay = 0.05
                     yield msg
             except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRYABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}:
+                if e.code() not in RETRYABLE | {
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.CANCELLED,
+                }:
                     raise
-                log.info("watch on %s ended (%s: %s); resuming", self.client.target, e.code().name, e.details())
+                log.info(
+                    "watch on %s ended (%s: %s); resuming", self.client.target, e.code().name, e.details()
+                )
             self.reconnects += 1
             await self.client.failover()
             await asyncio.sleep(delay)

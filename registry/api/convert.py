@@ -103,7 +103,9 @@ def delta_to_pb(delta: Delta) -> pb.InstanceDelta:
             instance=pb.Instance(service=delta.service, instance_id=delta.instance_id),
             revision=delta.revision,
         )
-    return pb.InstanceDelta(kind=pb.InstanceDelta.PUT, instance=instance_to_pb(delta.instance), revision=delta.revision)
+    return pb.InstanceDelta(
+        kind=pb.InstanceDelta.PUT, instance=instance_to_pb(delta.instance), revision=delta.revision
+    )
 
 
 def deltas_message(deltas: Iterable[Delta], revision: int, replica_id: str) -> pb.WatchResponse:
@@ -115,7 +117,9 @@ def deltas_message(deltas: Iterable[Delta], revision: int, replica_id: str) -> p
     )
 
 
-def snapshot_message(instances: Iterable[Instance], revision: int, replica_id: str, last: bool) -> pb.WatchResponse:
+def snapshot_message(
+    instances: Iterable[Instance], revision: int, replica_id: str, last: bool
+) -> pb.WatchResponse:
     kind = pb.WatchResponse.SNAPSHOT_END if last else pb.WatchResponse.SNAPSHOT
     return pb.WatchResponse(
         kind=kind,

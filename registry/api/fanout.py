@@ -22,12 +22,11 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-
-import asyncio
 
 from registry.api import convert
 from registry.model import Instance
@@ -167,10 +166,10 @@ class Hub:
                 continue
             if sub.floor > deltas[0].revision:
                 msg = self._filtered(deltas, sub, revision)
+            elif sub.suffix in encoded:
+                msg = encoded[sub.suffix]
             else:
-                msg = encoded.get(sub.suffix)
-                if msg is None:
-                    msg = encoded[sub.suffix] = self._filtered(deltas, sub, revision)
+                msg = encoded[sub.suffix] = self._filtered(deltas, sub, revision)
             if msg and not sub.offer(msg):
                 self._close_slow(sub)
 
@@ -225,7 +224,9 @@ class Hub:
             return
         batches = [instances[i : i + self._chunk] for i in range(0, len(instances), self._chunk)]
         for n, part in enumerate(batches, 1):
-            yield convert.snapshot_message(part, revision, self.replica_id, n == len(batches)).SerializeToString()
+            yield convert.snapshot_message(
+                part, revision, self.replica_id, n == len(batches)
+            ).SerializeToString()
 
     def _close_slow(self, sub: Subscription) -> None:
         self.slow_disconnects += 1

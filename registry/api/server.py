@@ -64,7 +64,9 @@ class Replica:
         if store is None:
             from registry.raft.etcd import EtcdStore
 
-            store = EtcdStore(config.etcd_endpoints, prefix=config.prefix, request_timeout=config.etcd_timeout)
+            store = EtcdStore(
+                config.etcd_endpoints, prefix=config.prefix, request_timeout=config.etcd_timeout
+            )
         self.store = store
         self.view = View()
         self.history = History(0, config.history_size)
@@ -91,7 +93,9 @@ class Replica:
         servicer = RegistryServicer(self.service, self.hub, self.follower, self.cluster_status)
         server.add_generic_rpc_handlers((registry_handlers(servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -162,7 +166,9 @@ class Replica:
             await asyncio.sleep(0.2)
 
     async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
 

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import NoReturn, TypeAlias, TypeVar
 
 import grpc
 
 from registry.api import convert
 from registry.api.fanout import Hub, Subscription, SubscriptionClosed
 from registry.api.v1 import registry_pb2 as pb
-from registry.errors import AlreadyExists, Aborted, InvalidArgument, NotFound, RegistryError, Unavailable
+from registry.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, RegistryError, Unavailable
 from registry.follower import Follower
 from registry.service import RegistryService
 from registry.view import normalize_suffix
@@ -34,7 +34,7 @@ STATUS_OF: dict[type[RegistryError], grpc.StatusCode] = {
 }
 
 T = TypeVar("T")
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 async def _call(context: Ctx, op: Awaitable[T]) -> T:
@@ -81,7 +81,10 @@ class RegistryServicer:
         inst = convert.instance_from_pb(request.instance)
         reg = await _call(context, self._service.register(inst, request.lease_id, request.replace))
         return pb.RegisterResponse(
-            lease_id=reg.lease_id, ttl_seconds=reg.ttl_seconds, revision=reg.revision, service_id=reg.service_id
+            lease_id=reg.lease_id,
+            ttl_seconds=reg.ttl_seconds,
+            revision=reg.revision,
+            service_id=reg.service_id,
         )
 
     async def Deregister(self, request: pb.DeregisterRequest, context: Ctx) -> pb.DeregisterResponse:
@@ -102,7 +105,9 @@ class RegistryServicer:
         return pb.UpdateInstanceResponse(instance=convert.instance_to_pb(inst), revision=revision)
 
     async def Resolve(self, request: pb.ResolveRequest, context: Ctx) -> pb.ResolveResponse:
-        insts, revision, sid = await _call(context, self._service.resolve(request.service, request.min_revision))
+        insts, revision, sid = await _call(
+            context, self._service.resolve(request.service, request.min_revision)
+        )
         return pb.ResolveResponse(
             instances=[convert.instance_to_pb(i) for i in insts], revision=revision, service_id=sid
         )
@@ -110,11 +115,15 @@ class RegistryServicer:
     async def ListServices(self, request: pb.ListServicesRequest, context: Ctx) -> pb.ListServicesResponse:
         page, token, revision = await _call(
             context,
-            self._service.list_services(request.suffix, request.limit, request.page_token, request.min_revision),
+            self._service.list_services(
+                request.suffix, request.limit, request.page_token, request.min_revision
+            ),
         )
         return pb.ListServicesResponse(
             services=[
-                pb.ServiceSummary(name=s.name, service_id=s.service_id, instances=s.instances, serving=s.serving)
+                pb.ServiceSummary(
+                    name=s.name, service_id=s.service_id, instances=s.instances, serving=s.serving
+                )
                 for s in page
             ],
             next_page_token=token,
@@ -161,4 +170,3 @@ class RegistryServicer:
 
 
 StatusSource = Callable[[], Awaitable[pb.ClusterStatusResponse]]
-

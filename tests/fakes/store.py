@@ -110,7 +110,10 @@ class FakeStore:
             old = self.instances.get(inst.key)
             self.claims[names.service_id(inst.service).hex()] = inst.service
             stored = dataclasses.replace(
-                inst, lease_id=w.lease_id, create_revision=old.create_revision if old else rev, mod_revision=rev
+                inst,
+                lease_id=w.lease_id,
+                create_revision=old.create_revision if old else rev,
+                mod_revision=rev,
             )
             self.instances[inst.key] = stored
             events.append(InstancePut(stored, rev))

@@ -1,0 +1,38 @@
+"""The `serval` command: one entry point for every component and tool.
+
+    serval up                      the complete local cluster (foreground)
+    serval registry ...            run a registry replica
+    serval register|deregister|drain|weight|resolve|list|watch|status ...
+
+`serval <command> --help` documents each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from deploy import local_cluster
+from registry import __version__
+from registry import cli as registry_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serval", description="Serval service registry and access layer")
+    parser.add_argument("--version", action="version", version=f"serval {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    local_cluster.add_command(sub)
+    registry_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "sync_handler"):
+        return int(args.sync_handler(args))
+    return registry_cli.run(args.handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
