@@ -1,0 +1,1 @@
+"""Serval resolver: coexisting discovery back-ends merged with clear precedence (filled by a later issue)."""
