@@ -7,6 +7,7 @@ important cases against real etcd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -177,3 +178,33 @@ def test_drained_is_pure() -> None:
     i = inst("i1", weight=9)
     d = drained(i, True)
     assert drained(d, True) == d and drained(drained(d, False), False) == dataclasses.replace(i)
+
+
+async def test_follower_recovers_from_compaction_by_listing_again() -> None:
+    from registry.follower import Follower
+    from registry.raft.store import InstanceWrite
+    from registry.view import History, View
+
+    store = FakeStore()
+    lease = await store.grant_lease(30)
+    await store.put_instances([InstanceWrite(inst("i1"), lease.lease_id)])
+    published: list[int] = []
+    view = View()
+    follower = Follower(store, view, History(0, 100), lambda deltas, rev: published.extend(d.revision for d in deltas))
+    task = asyncio.create_task(follower.run())
+    await follower.wait_ready()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # while the follower is away, history it would need is compacted
+    await store.put_instances([InstanceWrite(inst("i2"), lease.lease_id)])
+    await store.delete_instance("payments.prod", "i1")
+    await store.compact(store.revision)
+    task = asyncio.create_task(follower.run())
+    assert await follower.wait_for_revision(store.revision, 5)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert follower.relists == 1
+    assert [i.instance_id for i in view.instances()] == ["i2"]
+    assert published == [store.revision, store.revision]  # i2 put and i1 delete, at the list revision

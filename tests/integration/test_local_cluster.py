@@ -1,0 +1,76 @@
+"""`serval up` end to end: the real command starts etcd and a registry, the CLI
+talks to it, and SIGINT stops every process it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from registry.raft.local_etcd import free_ports
+
+pytestmark = pytest.mark.integration
+
+
+def serval(*args: str, registry: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args, "--registry", registry],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    etcd_port, _, registry_port = free_ports("127.0.0.1", 3)
+    up = subprocess.Popen(
+        [
+            sys.executable, "-m", "deploy.cli", "up", "--state-dir", str(tmp_path / "state"),
+            "--etcd-port", str(etcd_port), "--registry-port", str(registry_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    registry = f"127.0.0.1:{registry_port}"
+    try:
+        assert up.stdout is not None
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert "Serval local cluster is up" in banner, banner
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert {p.name() for p in children} >= {"etcd"}
+
+        reg = serval("register", "web.local", "w-1", "-a", "127.0.0.1", "-p", "8080", "--detach", "--json",
+                     registry=registry)  # fmt: skip
+        assert reg.returncode == 0, reg.stderr
+        revision = json.loads(reg.stdout)["revision"]
+        res = serval("resolve", "web.local", "--json", registry=registry)
+        assert res.returncode == 0, res.stderr
+        assert [i["instance_id"] for i in json.loads(res.stdout)["instances"]] == ["w-1"]
+        assert int(revision) > 0
+        status = serval("status", "--json", registry=registry)
+        assert json.loads(status.stdout)["replica_id"] == "local-1"
+        bad = serval("register", "bad_name", "w-1", "-a", "127.0.0.1", "-p", "80", "--detach", registry=registry)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, out
+    assert "nothing left running" in out
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
+    assert not any(str(tmp_path) in " ".join(p.cmdline()) for p in psutil.process_iter() if p.pid != os.getpid())
