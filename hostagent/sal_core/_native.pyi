@@ -1,2 +1,6 @@
+"""Stub of the compiled SAL core (hostagent/sal_core/src/binding.rs); checked by mypy.stubtest."""
+
+__all__ = ["service_id", "version"]
+
 def version() -> str: ...
 def service_id(name: str) -> tuple[list[int], int]: ...
