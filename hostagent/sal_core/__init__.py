@@ -18,8 +18,7 @@ def service_id(name: str) -> tuple[bytes, int]:
 
     Mirrors `registry.names.service_id` (same test vectors).
     """
-    raw, bits = _native.service_id(name)
-    return bytes(raw), bits
+    return _native.service_id(name)
 
 
 __all__ = ["service_id", "version"]
