@@ -146,8 +146,9 @@ class RegistryClient:
 class Watch:
     """Iterate to receive `pb.WatchResponse` messages; resumes across replicas.
 
-    Asking for the next message acknowledges the previous one: its revision is
-    reported to the registry as applied and used to resume after a failure.
+    `applied_revision` is the revision of the last complete message delivered
+    (the resume point after a failure); asking for the next message reports
+    the previous one to the registry as applied (for lag tracking).
     `reconnects` counts resumptions; `reconnect_delay` caps the backoff.
     """
 
@@ -199,9 +200,11 @@ class Watch:
         try:
             async for msg in call:
                 self._in_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT
-                yield msg
-                if not self._in_snapshot and msg.revision > self.applied_revision:
+                advanced = not self._in_snapshot and msg.revision > self.applied_revision
+                if advanced:
                     self.applied_revision = msg.revision
+                yield msg
+                if advanced:  # the consumer asked for more: it has applied `msg`
                     acks.put_nowait(pb.WatchRequest(applied=pb.WatchApplied(revision=msg.revision)))
         finally:
             acks.put_nowait(None)
