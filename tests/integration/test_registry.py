@@ -267,3 +267,30 @@ async def test_killing_the_connected_etcd_member_loses_no_acknowledged_registrat
     assert {i.instance_id for i in res.instances} >= set(acknowledged)
     status = await client.cluster_status()
     assert sum(1 for m in status.members if not m.reachable) == 1
+
+
+@pytest.mark.cluster
+async def test_without_quorum_writes_fail_unavailable_and_recover(
+    etcd_cluster3: Any, etcd_prefix: str, start_replica: StartReplica
+) -> None:
+    _, client = await start_replica(endpoints=etcd_cluster3.endpoints)
+    session = await client.open_session(60)
+    before = await client.register(inst("before"), lease_id=session.lease_id)
+    etcd_cluster3.members[1].kill()
+    etcd_cluster3.members[2].kill()  # one member left: no quorum
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.register(inst("during"), lease_id=session.lease_id)
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert loop.time() - started < 15  # a clear refusal, not a hang
+    await asyncio.to_thread(etcd_cluster3.members[1].restart)
+    for _ in range(100):  # quorum is back once the restarted member has caught up
+        try:
+            after = await client.register(inst("after"), lease_id=session.lease_id)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.2)
+    res = await client.resolve("payments.prod", min_revision=after.revision)
+    assert {i.instance_id for i in res.instances} == {"before", "after"}
+    assert after.revision > before.revision
