@@ -183,9 +183,8 @@ async def cmd_register(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_as_json(resp))
     else:
-        print(
-            f"registered {args.instance_id} of {args.service} on lease {resp.lease_id:#x} at revision {resp.revision}"
-        )
+        where = f"on lease {resp.lease_id:#x} at revision {resp.revision}"
+        print(f"registered {args.instance_id} of {args.service} {where}")
     if args.detach:
         return 0
     print("keeping the registration alive; Ctrl-C deregisters", file=sys.stderr, flush=True)

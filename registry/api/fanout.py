@@ -23,6 +23,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from registry.model import Instance
 from registry.view import Delta, History, View, matches_suffix
 
 Clock = Callable[[], float]
+_PUBLISH_WINDOW = 65_536
 
 
 class SubscriptionClosed(Exception):
@@ -125,7 +127,9 @@ class Hub:
         self._chunk = snapshot_chunk
         self._clock = clock
         self._subs: set[Subscription] = set()
-        self._published: deque[tuple[int, float]] = deque(maxlen=65536)
+        # (revision, publish time) of recent publishes, ascending, for lag in seconds.
+        self._pub_revisions: list[int] = []
+        self._pub_times: list[float] = []
         self.slow_disconnects = 0
 
     @property
@@ -159,7 +163,7 @@ class Hub:
         """Offer the deltas of one applied batch to every subscriber; close the ones that are full."""
         if not deltas:
             return
-        self._published.append((revision, self._clock()))
+        self._record_publish(revision)
         encoded: dict[str, bytes] = {}
         for sub in list(self._subs):
             if sub.floor >= revision:
@@ -203,12 +207,17 @@ class Hub:
             for s in sorted(self._subs, key=lambda s: (s.subscriber_id, s.peer))
         ]
 
+    def _record_publish(self, revision: int) -> None:
+        self._pub_revisions.append(revision)
+        self._pub_times.append(self._clock())
+        if len(self._pub_revisions) > 2 * _PUBLISH_WINDOW:
+            del self._pub_revisions[:-_PUBLISH_WINDOW]
+            del self._pub_times[:-_PUBLISH_WINDOW]
+
     def _lag_seconds(self, applied: int, now: float) -> float:
         """Age of the oldest published revision the subscriber has not applied (0 if none)."""
-        for revision, at in self._published:
-            if revision > applied:
-                return max(0.0, now - at)
-        return 0.0
+        i = bisect.bisect_right(self._pub_revisions, applied)
+        return max(0.0, now - self._pub_times[i]) if i < len(self._pub_times) else 0.0
 
     def _filtered(self, deltas: Sequence[Delta], sub: Subscription, revision: int) -> bytes:
         wanted = [d for d in deltas if d.revision > sub.floor and matches_suffix(d.service, sub.suffix)]
