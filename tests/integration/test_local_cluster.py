@@ -64,7 +64,9 @@ def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) 
         assert int(revision) > 0
         status = serval("status", "--json", registry=registry)
         assert json.loads(status.stdout)["replica_id"] == "local-1"
-        bad = serval("register", "bad_name", "w-1", "-a", "127.0.0.1", "-p", "80", "--detach", registry=registry)
+        bad = serval(
+            "register", "bad_name", "w-1", "-a", "127.0.0.1", "-p", "80", "--detach", registry=registry
+        )
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     finally:
         up.send_signal(signal.SIGINT)
@@ -73,4 +75,6 @@ def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) 
     assert "nothing left running" in out
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
-    assert not any(str(tmp_path) in " ".join(p.cmdline()) for p in psutil.process_iter() if p.pid != os.getpid())
+    assert not any(
+        str(tmp_path) in " ".join(p.cmdline()) for p in psutil.process_iter() if p.pid != os.getpid()
+    )

@@ -26,7 +26,9 @@ from registry.model import Instance
 
 pytestmark = pytest.mark.integration
 
-COLLIDING = json.loads((Path(__file__).parents[1] / "testdata" / "service_ids.json").read_text())["colliding"][0]
+COLLIDING = json.loads((Path(__file__).parents[1] / "testdata" / "service_ids.json").read_text())[
+    "colliding"
+][0]
 
 StartReplica = Callable[..., Awaitable[tuple[Replica, RegistryClient]]]
 
@@ -36,7 +38,9 @@ async def start_replica(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[Sta
     """Start replicas on the session etcd under this test's prefix; stop them afterwards."""
     started: list[tuple[Replica, RegistryClient]] = []
 
-    async def start(endpoints: Sequence[str] | None = None, **overrides: Any) -> tuple[Replica, RegistryClient]:
+    async def start(
+        endpoints: Sequence[str] | None = None, **overrides: Any
+    ) -> tuple[Replica, RegistryClient]:
         config = ReplicaConfig(
             etcd_endpoints=list(endpoints or etcd_single.endpoints),
             listen="127.0.0.1:0",
@@ -64,7 +68,9 @@ def inst(iid: str, service: str = "payments.prod", **kw: Any) -> Instance:
     return Instance(service=service, instance_id=iid, **fields)
 
 
-async def collect(watch: Any, until: Callable[[Mirror, list[pb.WatchResponse]], bool]) -> list[pb.WatchResponse]:
+async def collect(
+    watch: Any, until: Callable[[Mirror, list[pb.WatchResponse]], bool]
+) -> list[pb.WatchResponse]:
     """Read `watch` into a mirror until `until(mirror, messages)` holds (bounded by the test timeout)."""
     mirror, messages = Mirror(), []
     async for msg in watch:
@@ -114,7 +120,8 @@ async def test_lease_expiry_removes_instances_and_keep_alive_keeps_them(start_re
     try:
         watch = client.watch(from_revision=reg.revision, subscriber_id="expiry")
         messages = await asyncio.wait_for(
-            collect(watch, lambda m, msgs: any(d.kind == pb.InstanceDelta.DELETE for d in deltas_in(msgs))), 15
+            collect(watch, lambda m, msgs: any(d.kind == pb.InstanceDelta.DELETE for d in deltas_in(msgs))),
+            15,
         )
         (gone,) = [d for d in deltas_in(messages) if d.kind == pb.InstanceDelta.DELETE]
         assert gone.instance.instance_id == "lapsing"
