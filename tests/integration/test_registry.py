@@ -301,3 +301,39 @@ async def test_without_quorum_writes_fail_unavailable_and_recover(
     res = await client.resolve("payments.prod", min_revision=after.revision)
     assert {i.instance_id for i in res.instances} == {"before", "after"}
     assert after.revision > before.revision
+
+
+async def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered(start_replica: StartReplica) -> None:
+    replica, client = await start_replica(max_queued=4)
+    session = await client.open_session(60)
+    big = {f"k{n}": "v" * 256 for n in range(32)}  # ~8 KiB per delta fills transport buffers fast
+    requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
+    requests.put_nowait(pb.WatchRequest(start=pb.WatchStart(subscriber_id="stuck")))
+
+    async def request_stream() -> AsyncIterator[pb.WatchRequest]:
+        while (req := await requests.get()) is not None:
+            yield req
+
+    stuck = client.stub().Watch(request_stream())  # never read until the end
+    for _ in range(100):
+        if replica.hub.subscriber_count:
+            break
+        await asyncio.sleep(0.05)
+    sent = 0
+    while replica.hub.slow_disconnects == 0 and sent < 3000:
+        await asyncio.gather(
+            *(
+                client.register(inst(f"i{sent + n}", metadata=big), lease_id=session.lease_id)
+                for n in range(50)
+            )
+        )
+        sent += 50
+    assert replica.hub.slow_disconnects == 1, f"not cut off after {sent} registrations"
+    assert replica.hub.subscriber_count == 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stuck:
+            pass
+    requests.put_nowait(None)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too slow" in err.value.details()
+    await asyncio.sleep(0.1)
