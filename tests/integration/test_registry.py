@@ -299,7 +299,9 @@ async def test_without_quorum_writes_fail_unavailable_and_recover(
         except grpc.aio.AioRpcError:
             await asyncio.sleep(0.2)
     res = await client.resolve("payments.prod", min_revision=after.revision)
-    assert {i.instance_id for i in res.instances} == {"before", "after"}
+    present = {i.instance_id for i in res.instances}
+    # "during" was never acknowledged: etcd may still have committed it once quorum returned
+    assert {"before", "after"} <= present <= {"before", "during", "after"}
     assert after.revision > before.revision
 
 
