@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from registry import names
@@ -43,38 +44,21 @@ def instance_to_pb_input(inst: Instance) -> pb.Instance:
 
 
 def instance_to_pb(inst: Instance) -> pb.Instance:
-    return pb.Instance(
-        service=inst.service,
-        instance_id=inst.instance_id,
-        addresses=inst.addresses,
-        port=inst.port,
-        weight=inst.weight,
-        tier=inst.tier,
-        locality=pb.Locality(region=inst.region, zone=inst.zone),
-        metadata=inst.metadata,
-        ttl_seconds=inst.ttl_seconds,
-        lease_id=inst.lease_id,
-        drained=inst.drained,
-        drained_weight=inst.drained_weight,
-        create_revision=inst.create_revision,
-        mod_revision=inst.mod_revision,
-        service_id=_service_id_hex(inst.service),
-    )
+    """Every field, including store-set ones and the service ID: what the registry sends."""
+    msg = instance_to_pb_input(inst)
+    msg.lease_id = inst.lease_id
+    msg.drained = inst.drained
+    msg.drained_weight = inst.drained_weight
+    msg.create_revision = inst.create_revision
+    msg.mod_revision = inst.mod_revision
+    msg.service_id = _service_id_hex(inst.service)
+    return msg
 
 
 def instance_from_wire(msg: pb.Instance) -> Instance:
     """Every field, including store-set ones: for clients reading watch streams."""
-    return Instance(
-        service=msg.service,
-        instance_id=msg.instance_id,
-        addresses=tuple(msg.addresses),
-        port=msg.port,
-        weight=msg.weight,
-        tier=msg.tier,
-        region=msg.locality.region,
-        zone=msg.locality.zone,
-        metadata=dict(msg.metadata),
-        ttl_seconds=msg.ttl_seconds,
+    return dataclasses.replace(
+        instance_from_pb(msg),
         drained=msg.drained,
         drained_weight=msg.drained_weight,
         lease_id=msg.lease_id,
