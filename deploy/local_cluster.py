@@ -62,6 +62,7 @@ def run_up(args: argparse.Namespace) -> int:
         [
             sys.executable, "-m", "deploy.cli", "registry",
             "--etcd", ",".join(etcd.endpoints), "--listen", registry_target, "--replica-id", "local-1",
+            "--etcd-max-txn-ops", str(etcd.settings.max_txn_ops),
         ],
         state / "logs" / "registry.log",
     )  # fmt: skip

@@ -147,6 +147,7 @@ async def run_registry(args: argparse.Namespace) -> int:
         replica_id=args.replica_id,
         history_size=args.history,
         max_queued=args.max_queued,
+        etcd_max_txn_ops=args.etcd_max_txn_ops,
     )
     replica = Replica(config)
     port = await replica.start()

@@ -54,6 +54,8 @@ class ReplicaConfig:
     progress_interval: float = 5.0
     max_batch: int = 256
     etcd_timeout: float = 5.0
+    # Must not exceed the etcd servers' --max-txn-ops (etcd's default is 128).
+    etcd_max_txn_ops: int = 128
 
 
 class Replica:

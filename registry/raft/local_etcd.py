@@ -259,6 +259,7 @@ class LocalEtcdCluster:
         initial = ",".join(f"{n}=http://{host}:{p}" for n, p in zip(names, peers, strict=True))
         token = f"serval-{uuid.uuid4().hex[:12]}"
         self.base_dir = base_dir
+        self.settings = settings or EtcdSettings()
         self.members: Sequence[LocalEtcdMember] = [
             LocalEtcdMember(
                 name=n,
@@ -268,7 +269,7 @@ class LocalEtcdCluster:
                 peer_port=p,
                 initial_cluster=initial,
                 token=token,
-                settings=settings or EtcdSettings(),
+                settings=self.settings,
                 binary=binary,
             )
             for n, c, p in zip(names, clients, peers, strict=True)
