@@ -46,6 +46,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--max-queued", type=int, default=4096, help="messages queued per subscriber before cut-off"
     )
+    p.add_argument(
+        "--etcd-max-txn-ops",
+        type=int,
+        default=128,
+        help="largest etcd transaction to send; at most the servers' --max-txn-ops (default %(default)s)",
+    )
     p.set_defaults(handler=run_registry)
 
     p = _client_parser(sub, "register", "register an instance and keep it alive (Ctrl-C deregisters)")
