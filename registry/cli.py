@@ -316,7 +316,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         f"etcd revision {st.etcd_revision}, view revision {st.view_revision}, "
         f"resumable from {st.history_start_revision}"
     )
-    print(f"db size {st.db_size_bytes / 1e6:.1f} MB of {st.db_quota_bytes / 1e6:.0f} MB quota")
+    print(f"db size {_size(st.db_size_bytes)} of {_size(st.db_quota_bytes)} quota")
     print(f"{st.services} services, {st.instances} instances\n")
     members = [
         (
@@ -337,6 +337,18 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(_table(subs, ("SUBSCRIBER", "PEER", "APPLIED", "LAG REV", "LAG S")))
     return 0
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 512 B, 20.0 KiB, 2.0 GiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def run(handler: Handler, args: argparse.Namespace) -> int:
