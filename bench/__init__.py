@@ -1,0 +1,1 @@
+"""Benchmarks of Serval's components; `python -m bench.registry` is the registry's (see README.md)."""
