@@ -27,7 +27,7 @@ import aetcd
 from bench.common import sample_instance, service_name
 from bench.workers import WorkerLink
 from registry.api import convert
-from registry.api.client import RegistryClient
+from registry.api.client import RegistrationStream, RegistryClient
 from registry.api.v1 import registry_pb2 as pb
 from registry.api.v1 import registry_pb2_grpc as pb_grpc
 from registry.raft.keys import KeySchema
@@ -40,7 +40,11 @@ Op = Callable[[int], Awaitable[object]]
 
 @dataclass(frozen=True)
 class LoadJob:
-    """One load-generator process: `coroutines` loops of `kind` ("registry" or "etcd") against `target`."""
+    """One load-generator process: `coroutines` loops of `kind` against `target`.
+
+    Kinds: "etcd" (raw puts), "registry" (unary Register calls), "registry-stream"
+    (registrations over one RegisterStream per loop).
+    """
 
     kind: str
     target: str
@@ -69,8 +73,12 @@ class LoadResult:
 
 async def load_worker(link: WorkerLink, job: LoadJob) -> None:
     """Connect, report ``ready``, wait for the start time, run the loops, report ``result``."""
-    connect = _registry_operations if job.kind == "registry" else _etcd_operations
-    async with connect(job, link.index) as ops:
+    connect = {
+        "registry": _registry_operations,
+        "registry-stream": _registry_operations,
+        "etcd": _etcd_operations,
+    }
+    async with connect[job.kind](job, link.index) as ops:
         link.send("ready")
         start_ns: int = await link.receive(timeout=120)
         measure_from = start_ns + int(job.warmup_s * 1e9)
@@ -109,12 +117,22 @@ async def _timed_loop(op: Op, start_ns: int, measure_from: int, measure_to: int)
 
 @contextlib.asynccontextmanager
 async def _registry_operations(job: LoadJob, worker: int) -> AsyncIterator[list[Op]]:
-    """Register calls on one channel; each loop on its own session, closed (revoked) at the end."""
+    """Registrations on one channel; each loop on its own session, closed (revoked) at the end.
+
+    "registry": one unary Register call per registration; "registry-stream":
+    each loop keeps one RegisterStream open and has one registration in flight on it.
+    """
     client = RegistryClient([job.target], timeout=30)
     leases = [(await client.open_session(SESSION_TTL)).lease_id for _ in range(job.coroutines)]
+    streams = [client.registration_stream() for _ in leases] if job.kind == "registry-stream" else []
     try:
-        yield [_register_op(client.stub(), job, worker, c, lease) for c, lease in enumerate(leases)]
+        if streams:
+            yield [_stream_op(streams[c], job, worker, c, lease) for c, lease in enumerate(leases)]
+        else:
+            yield [_register_op(client.stub(), job, worker, c, lease) for c, lease in enumerate(leases)]
     finally:
+        for stream in streams:
+            await stream.close()
         with contextlib.suppress(Exception):
             await asyncio.gather(*(client.close_session(lease) for lease in leases))
         await client.close()
@@ -130,6 +148,17 @@ def _register_op(stub: pb_grpc.RegistryStub, job: LoadJob, worker: int, loop: in
         req.instance.service = service_name((loop + n) % job.services, job.zone)
         req.instance.instance_id = f"w{worker}-c{loop}-{n}"
         return await stub.Register(req, timeout=30)
+
+    return op
+
+
+def _stream_op(stream: RegistrationStream, job: LoadJob, worker: int, loop: int, lease_id: int) -> Op:
+    """As `_register_op`, over `stream`."""
+
+    async def op(n: int) -> object:
+        service = service_name((loop + n) % job.services, job.zone)
+        inst = sample_instance(service, f"w{worker}-c{loop}-{n}", SESSION_TTL)
+        return await stream.register(inst, lease_id=lease_id)
 
     return op
 

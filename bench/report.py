@@ -26,22 +26,24 @@ class Row:
 def summary_rows(results: dict[str, Any]) -> list[Row]:
     """The final table: every target with its verdict, and the baselines beside them."""
     t, fanout, mem = results["throughput"], results["propagation"], results["memory"]
-    reg, raw = t["registry_register"], t["etcd_put"]
+    reg, stream, raw = t["registry_register"], t["registry_stream"], t["etcd_put"]
     inflight = reg["in_flight"]
+    errors = reg["errors"] + stream["errors"] + raw["errors"]
     rows = [
-        Row(f"registrations/s via gRPC ({inflight} in flight)", f"{reg['ops_per_s']:,.0f}"),
+        Row(f"registrations/s via gRPC RegisterStream ({inflight} in flight)", f"{stream['ops_per_s']:,.0f}"),
+        Row(f"registrations/s via gRPC unary Register ({inflight} in flight)", f"{reg['ops_per_s']:,.0f}"),
         Row(f"baseline: raw etcd puts/s ({inflight} in flight)", f"{raw['ops_per_s']:,.0f}"),
         Row(
-            "throughput ratio registry / etcd",
+            "throughput ratio RegisterStream / etcd",
             f"{t['ratio']:.2f}",
             f">= {RATIO_TARGET}",
             t["ratio"] >= RATIO_TARGET,
         ),
+        Row("throughput ratio unary Register / etcd", f"{t['ratio_unary']:.2f}"),
+        Row("RegisterStream latency p50 / p99", _p50_p99(stream["latency"])),
         Row("Register latency p50 / p99", _p50_p99(reg["latency"])),
         Row("baseline: etcd put latency p50 / p99", _p50_p99(raw["latency"])),
-        Row(
-            "registration errors", str(reg["errors"] + raw["errors"]), "0", reg["errors"] + raw["errors"] == 0
-        ),
+        Row("registration errors", str(errors), "0", errors == 0),
     ]
     largest = max(r["subscribers"] for r in fanout)
     for r in fanout:
@@ -97,7 +99,12 @@ def _machine(results: dict[str, Any]) -> str:
 
 def _throughput_table(t: dict[str, Any]) -> str:
     rows = []
-    for name, r in (("etcd put (aetcd)", t["etcd_put"]), ("registry Register", t["registry_register"])):
+    runs = (
+        ("etcd put (aetcd)", t["etcd_put"]),
+        ("registry Register", t["registry_register"]),
+        ("registry RegisterStream", t["registry_stream"]),
+    )
+    for name, r in runs:
         lat = r["latency"]
         rows.append(
             (
@@ -117,8 +124,9 @@ def _throughput_table(t: dict[str, Any]) -> str:
         "REPLICA", "ETCD", "CLIENTS", "OTHER", "ALL",
     )  # fmt: skip
     note = (
-        f"ratio registry / etcd: {t['ratio']:.2f}   (OPS/REV: operations per etcd revision, i.e. per "
-        "transaction; REPLICA .. ALL: cores kept busy in the window; OTHER: the rest of the machine)"
+        f"ratio RegisterStream / etcd: {t['ratio']:.2f}, unary Register / etcd: {t['ratio_unary']:.2f}\n"
+        "(OPS/REV: operations per etcd revision, i.e. per transaction; "
+        "REPLICA .. ALL: cores kept busy in the window; OTHER: the rest of the machine)"
     )
     return table(rows, header) + "\n" + note
 

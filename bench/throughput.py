@@ -28,7 +28,11 @@ START_DELAY_NS = 300_000_000  # workers get the start time this far ahead
 async def measure_throughput(
     settings: Settings, etcd_target: str, registry_target: str, pids: dict[str, list[int]]
 ) -> dict[str, Any]:
-    """Raw etcd puts, then registrations; ops/s of each, latency, busy cores and the ratio."""
+    """Raw etcd puts, then registrations (unary Register, then RegisterStream).
+
+    Returns ops/s, latency and busy cores of each, and the ratios to raw puts;
+    `ratio` (the target's) is RegisterStream's, `ratio_unary` the unary call's.
+    """
     client = RegistryClient([registry_target], timeout=30)
 
     async def etcd_revision() -> int:
@@ -37,10 +41,20 @@ async def measure_throughput(
     try:
         etcd = await run_load(settings, "etcd", etcd_target, pids, etcd_revision)
         registry = await run_load(settings, "registry", registry_target, pids, etcd_revision)
+        stream = await run_load(settings, "registry-stream", registry_target, pids, etcd_revision)
     finally:
         await client.close()
-    ratio = registry["ops_per_s"] / etcd["ops_per_s"] if etcd["ops_per_s"] else 0.0
-    return {"etcd_put": etcd, "registry_register": registry, "ratio": ratio}
+
+    def ratio(run: dict[str, Any]) -> float:
+        return float(run["ops_per_s"] / etcd["ops_per_s"]) if etcd["ops_per_s"] else 0.0
+
+    return {
+        "etcd_put": etcd,
+        "registry_register": registry,
+        "registry_stream": stream,
+        "ratio": ratio(stream),
+        "ratio_unary": ratio(registry),
+    }
 
 
 async def run_load(
@@ -50,7 +64,7 @@ async def run_load(
     pids: dict[str, list[int]],
     etcd_revision: Callable[[], Awaitable[int]],
 ) -> dict[str, Any]:
-    """One timed run of `kind` ("etcd" or "registry") load against `target`.
+    """One timed run of `kind` ("etcd", "registry" or "registry-stream") load against `target`.
 
     Besides the workers' counts: busy cores per process group and the number
     of etcd revisions (one per put or transaction) during the window.

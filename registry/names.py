@@ -19,6 +19,7 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ MAX_LABELS = 8
 MAX_NAME_LEN = 253
 MAX_LABEL_LEN = 63
 LABEL_HASH_TAG = b"serval-sid-v1\0"
+_CACHE_SIZE = 1 << 16
 
 _LABEL_CHARS = re.compile(r"[a-z0-9-]+")
 
@@ -52,8 +54,12 @@ class ServiceId:
         return f"{self.hex()}/{self.prefix_bits}"
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def normalize(name: str) -> str:
-    """Return `name` lower-cased without a trailing dot, or raise `InvalidName`."""
+    """Return `name` lower-cased without a trailing dot, or raise `InvalidName`.
+
+    Memoised (names repeat on every call of a hot path); errors are not cached.
+    """
     lowered = name[:-1] if name.endswith(".") else name
     lowered = lowered.lower()
     if not lowered:
@@ -79,12 +85,19 @@ def _check_label(label: str) -> None:
         raise InvalidName(f"label {label!r} starts or ends with '-'")
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def service_id(name: str) -> ServiceId:
-    """Derive the service ID of `name` (normalised first); raise `InvalidName`."""
+    """Derive the service ID of `name` (normalised first); raise `InvalidName`. Memoised."""
     labels = normalize(name).split(".")
     chunks = [hashlib.sha256(LABEL_HASH_TAG + label.encode()).digest()[:4] for label in reversed(labels)]
     raw = b"".join(chunks).ljust(ID_BYTES, b"\0")
     return ServiceId(raw=raw, prefix_bits=BITS_PER_LABEL * len(labels))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def service_id_hex(name: str) -> str:
+    """`service_id(name).hex()`, memoised."""
+    return service_id(name).hex()
 
 
 def parse_service_id(text: str) -> ServiceId:

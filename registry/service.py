@@ -107,7 +107,7 @@ class RegistryService:
                 await _revoke_quietly(self._store, granted.lease_id)
             raise
         ttl = granted.ttl_seconds if granted else inst.ttl_seconds
-        return Registration(lease_id, ttl, outcome, names.service_id(inst.service).hex())
+        return Registration(lease_id, ttl, outcome, names.service_id_hex(inst.service))
 
     async def deregister(self, service: str, instance_id: str) -> int:
         return await self._store.delete_instance(_service(service), _instance_id(instance_id))
@@ -142,7 +142,7 @@ class RegistryService:
     async def resolve(self, service: str, min_revision: int = 0) -> tuple[list[Instance], int, str]:
         svc = _service(service)
         await self._wait_for_view(min_revision)
-        return self._view.resolve(svc), self._view.revision, names.service_id(svc).hex()
+        return self._view.resolve(svc), self._view.revision, names.service_id_hex(svc)
 
     async def list_services(
         self, suffix: str, limit: int, page_token: str, min_revision: int = 0
@@ -168,7 +168,7 @@ class RegistryService:
     def _summary(self, name: str) -> ServiceSummary:
         insts = self._view.service_instances(name)
         serving = sum(1 for i in insts if i.weight > 0)
-        return ServiceSummary(name, names.service_id(name).hex(), len(insts), serving)
+        return ServiceSummary(name, names.service_id_hex(name), len(insts), serving)
 
     async def _wait_for_view(self, min_revision: int) -> None:
         if not self._follower.ready:

@@ -14,6 +14,7 @@ a fresh snapshot only when it was cut off in the middle of one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,9 +138,97 @@ class RegistryClient:
 
         return await self._retrying(call)
 
+    def registration_stream(self) -> RegistrationStream:
+        """Many registrations over one stream (see `RegistrationStream`)."""
+        return RegistrationStream(self)
+
     def watch(self, from_revision: int = 0, subscriber_id: str = "", suffix: str = "") -> Watch:
         """A resumable watch stream (see `Watch`)."""
         return Watch(self, from_revision, subscriber_id, suffix)
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """An `AioRpcError` for a refusal reported in-band (as a unary call would have raised it)."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+_STATUS_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class RegistrationStream:
+    """Registrations over one `RegisterStream` call, many in flight.
+
+    `register` behaves like `RegistryClient.register`: it returns the
+    `RegisterResponse` or raises `grpc.aio.AioRpcError` with the code a unary
+    Register would have ended with. If the stream breaks, the registrations in
+    flight fail with its error (they may or may not have been committed:
+    registering again is safe); the next call opens a new stream, on the next
+    replica when the last one was unavailable.
+    """
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+        self._outbox: asyncio.Queue[pb.RegisterStreamRequest | None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[pb.RegisterResponse]] = {}
+        self._next_id = 0
+
+    async def register(
+        self, instance: Instance, lease_id: int = 0, replace: bool = False
+    ) -> pb.RegisterResponse:
+        if self._outbox is None:
+            self._open()
+        assert self._outbox is not None
+        self._next_id += 1
+        fut: asyncio.Future[pb.RegisterResponse] = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = fut
+        req = pb.RegisterRequest(
+            instance=convert.instance_to_pb_input(instance), lease_id=lease_id, replace=replace
+        )
+        self._outbox.put_nowait(pb.RegisterStreamRequest(request_id=self._next_id, register=req))
+        return await fut
+
+    async def close(self) -> None:
+        """End the stream after the registrations in flight have been answered."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    def _open(self) -> None:
+        outbox: asyncio.Queue[pb.RegisterStreamRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[pb.RegisterStreamRequest]:
+            while (req := await outbox.get()) is not None:
+                yield req
+
+        self._outbox = outbox
+        self._reader = asyncio.create_task(self._read(self.client.stub().RegisterStream(requests())))
+
+    async def _read(self, call: AsyncIterator[pb.RegisterStreamResponse]) -> None:
+        error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the register stream ended")
+        try:
+            async for answer in call:
+                self._settle(answer)
+        except grpc.aio.AioRpcError as e:
+            error = e
+        self._outbox = None
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        if pending and error.code() in RETRYABLE:
+            await self.client.failover()
+
+    def _settle(self, answer: pb.RegisterStreamResponse) -> None:
+        fut = self._pending.pop(answer.request_id, None)
+        if fut is None or fut.done():
+            return
+        if answer.error_code:
+            code = _STATUS_BY_VALUE.get(answer.error_code, grpc.StatusCode.UNKNOWN)
+            fut.set_exception(rpc_error(code, answer.error_message))
+        else:
+            fut.set_result(answer.registered)
 
 
 @dataclass
@@ -147,9 +236,11 @@ class Watch:
     """Iterate to receive `pb.WatchResponse` messages; resumes across replicas.
 
     `applied_revision` is the revision of the last complete message delivered
-    (the resume point after a failure); asking for the next message reports
-    the previous one to the registry as applied (for lag tracking).
-    `reconnects` counts resumptions; `reconnect_delay` caps the backoff.
+    (the resume point after a failure). Asking for the next message confirms
+    that the previous one was applied; the latest confirmed revision is
+    reported to the registry (for lag tracking) at most once per
+    `ack_interval` seconds. `reconnects` counts resumptions;
+    `reconnect_delay` caps the backoff.
     """
 
     client: RegistryClient
@@ -158,6 +249,7 @@ class Watch:
     suffix: str
     reconnects: int = 0
     reconnect_delay: float = 1.0
+    ack_interval: float = 0.2
     _in_snapshot: bool = field(default=False, init=False)
 
     async def __aiter__(self) -> AsyncIterator[pb.WatchResponse]:
@@ -183,18 +275,24 @@ class Watch:
 
     async def _stream(self) -> AsyncIterator[pb.WatchResponse]:
         start_from = 0 if self._in_snapshot else self.applied_revision
-        acks: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
-        acks.put_nowait(
-            pb.WatchRequest(
-                start=pb.WatchStart(
-                    from_revision=start_from, subscriber_id=self.subscriber_id, suffix=self.suffix
-                )
-            )
-        )
+        start = pb.WatchStart(from_revision=start_from, subscriber_id=self.subscriber_id, suffix=self.suffix)
+        confirmed = start_from  # revisions the consumer has applied (it asked for more since)
+        wake, stop = asyncio.Event(), asyncio.Event()
 
         async def requests() -> AsyncIterator[pb.WatchRequest]:
-            while (req := await acks.get()) is not None:
-                yield req
+            """The start, then at most one `applied` ack per `ack_interval`, only when it changed."""
+            yield pb.WatchRequest(start=start)
+            sent = start_from
+            while True:
+                await wake.wait()
+                wake.clear()
+                if stop.is_set():
+                    return
+                if confirmed > sent:
+                    sent = confirmed
+                    yield pb.WatchRequest(applied=pb.WatchApplied(revision=sent))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.ack_interval)
 
         call = self.client.stub().Watch(requests())
         try:
@@ -205,9 +303,11 @@ class Watch:
                     self.applied_revision = msg.revision
                 yield msg
                 if advanced:  # the consumer asked for more: it has applied `msg`
-                    acks.put_nowait(pb.WatchRequest(applied=pb.WatchApplied(revision=msg.revision)))
+                    confirmed = msg.revision
+                    wake.set()
         finally:
-            acks.put_nowait(None)
+            stop.set()
+            wake.set()
             call.cancel()
 
 

@@ -51,7 +51,7 @@ def instance_to_pb(inst: Instance) -> pb.Instance:
     msg.drained_weight = inst.drained_weight
     msg.create_revision = inst.create_revision
     msg.mod_revision = inst.mod_revision
-    msg.service_id = _service_id_hex(inst.service)
+    msg.service_id = names.service_id_hex(inst.service)
     return msg
 
 
@@ -65,19 +65,6 @@ def instance_from_wire(msg: pb.Instance) -> Instance:
         create_revision=msg.create_revision,
         mod_revision=msg.mod_revision,
     )
-
-
-_SID_CACHE: dict[str, str] = {}
-
-
-def _service_id_hex(service: str) -> str:
-    """Service-ID hex of an already validated name (memoised: names repeat a lot)."""
-    hexid = _SID_CACHE.get(service)
-    if hexid is None:
-        if len(_SID_CACHE) > 200_000:
-            _SID_CACHE.clear()
-        hexid = _SID_CACHE[service] = names.service_id(service).hex()
-    return hexid
 
 
 def delta_to_pb(delta: Delta) -> pb.InstanceDelta:

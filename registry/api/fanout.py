@@ -35,6 +35,8 @@ from registry.view import Delta, History, View, matches_suffix
 
 Clock = Callable[[], float]
 _PUBLISH_WINDOW = 65_536
+# Largest merged DELTAS write (clients accept 4 MiB messages by default).
+MAX_MERGED_BYTES = 1 << 20
 
 
 class SubscriptionClosed(Exception):
@@ -62,7 +64,8 @@ class Subscription:
         self.floor = floor
         self.applied_revision = floor
         self._max_queued = max_queued
-        self._queue: deque[bytes] = deque()
+        # (encoded message, is it a DELTAS message?)
+        self._queue: deque[tuple[bytes, bool]] = deque()
         self._snapshot: Iterator[bytes] | None = None
         self._wake = asyncio.Event()
         self.closed_reason: str | None = None
@@ -71,11 +74,11 @@ class Subscription:
     def queued(self) -> int:
         return len(self._queue)
 
-    def offer(self, message: bytes) -> bool:
-        """Queue a message; False (and nothing queued) if the queue is full."""
+    def offer(self, message: bytes, deltas: bool = True) -> bool:
+        """Queue a message (`deltas`: a DELTAS message); False, and nothing queued, if full."""
         if len(self._queue) >= self._max_queued:
             return False
-        self._queue.append(message)
+        self._queue.append((message, deltas))
         self._wake.set()
         return True
 
@@ -91,7 +94,11 @@ class Subscription:
     async def next_message(self) -> bytes:
         """The next message to send: snapshot chunks first, then queued ones.
 
-        Raise `SubscriptionClosed` once the hub closed the subscription.
+        Consecutive queued DELTAS messages go out as one (a subscriber that fell
+        behind catches up in fewer, larger writes): concatenated encodings of
+        protobuf messages parse as their merge, which for DELTAS is the deltas
+        in order with the last revision. Raise `SubscriptionClosed` once the
+        hub closed the subscription.
         """
         while True:
             if self.closed_reason is not None:
@@ -102,9 +109,20 @@ class Subscription:
                     return chunk
                 self._snapshot = None
             if self._queue:
-                return self._queue.popleft()
+                return self._pop_merged()
             self._wake.clear()
             await self._wake.wait()
+
+    def _pop_merged(self) -> bytes:
+        message, deltas = self._queue.popleft()
+        if not deltas or not self._queue or not self._queue[0][1]:
+            return message
+        parts, size = [message], len(message)
+        while self._queue and self._queue[0][1] and size + len(self._queue[0][0]) <= MAX_MERGED_BYTES:
+            part = self._queue.popleft()[0]
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
 
 
 class Hub:
@@ -152,7 +170,9 @@ class Hub:
                 part = wanted[start : start + self._chunk]
                 sub.offer(self._encode_deltas(part, part[-1].revision))
             if not wanted:
-                sub.offer(convert.progress_message(view_rev, self.replica_id).SerializeToString())
+                sub.offer(
+                    convert.progress_message(view_rev, self.replica_id).SerializeToString(), deltas=False
+                )
         self._subs.add(sub)
         return sub
 
@@ -181,7 +201,7 @@ class Hub:
         """Tell every idle subscriber the view's revision (keeps streams and lag fresh)."""
         msg = convert.progress_message(self._view.revision, self.replica_id).SerializeToString()
         for sub in list(self._subs):
-            if sub.queued == 0 and not sub.offer(msg):
+            if sub.queued == 0 and not sub.offer(msg, deltas=False):
                 self._close_slow(sub)
 
     def resync_all(self, reason: str) -> None:

@@ -20,7 +20,7 @@ from registry.api.fanout import Hub, Subscription, SubscriptionClosed
 from registry.api.v1 import registry_pb2 as pb
 from registry.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, RegistryError, Unavailable
 from registry.follower import Follower
-from registry.service import RegistryService
+from registry.service import Registration, RegistryService
 from registry.view import normalize_suffix
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ STATUS_OF: dict[type[RegistryError], grpc.StatusCode] = {
 }
 
 T = TypeVar("T")
+MAX_STREAM_IN_FLIGHT = 256
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
@@ -45,10 +46,19 @@ async def _call(context: Ctx, op: Awaitable[T]) -> T:
         await _abort(context, e)
 
 
+def _code_of(e: RegistryError) -> grpc.StatusCode:
+    return next((c for t, c in STATUS_OF.items() if isinstance(e, t)), grpc.StatusCode.INTERNAL)
+
+
 async def _abort(context: Ctx, e: RegistryError) -> NoReturn:
-    code = next((c for t, c in STATUS_OF.items() if isinstance(e, t)), grpc.StatusCode.INTERNAL)
-    await context.abort(code, str(e))
+    await context.abort(_code_of(e), str(e))
     raise AssertionError("unreachable")  # context.abort raises
+
+
+def _registered(reg: Registration) -> pb.RegisterResponse:
+    return pb.RegisterResponse(
+        lease_id=reg.lease_id, ttl_seconds=reg.ttl_seconds, revision=reg.revision, service_id=reg.service_id
+    )
 
 
 class RegistryServicer:
@@ -80,12 +90,56 @@ class RegistryServicer:
             await _abort(context, InvalidArgument("instance is required"))
         inst = convert.instance_from_pb(request.instance)
         reg = await _call(context, self._service.register(inst, request.lease_id, request.replace))
-        return pb.RegisterResponse(
-            lease_id=reg.lease_id,
-            ttl_seconds=reg.ttl_seconds,
-            revision=reg.revision,
-            service_id=reg.service_id,
-        )
+        return _registered(reg)
+
+    async def RegisterStream(self, requests: AsyncIterator[pb.RegisterStreamRequest], context: Ctx) -> None:
+        """Registrations handled concurrently (at most `MAX_STREAM_IN_FLIGHT`); answers as they complete."""
+        answers: asyncio.Queue[pb.RegisterStreamResponse | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_registrations(context, answers))
+        try:
+            while (answer := await answers.get()) is not None:
+                await context.write(answer)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read_registrations(
+        self, context: Ctx, answers: asyncio.Queue[pb.RegisterStreamResponse | None]
+    ) -> None:
+        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while (msg := await context.read()) is not grpc.aio.EOF:
+                await slots.acquire()
+                task = asyncio.create_task(self._register_one(msg, answers, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
+            answers.put_nowait(None)
+
+    async def _register_one(
+        self,
+        msg: pb.RegisterStreamRequest,
+        answers: asyncio.Queue[pb.RegisterStreamResponse | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        answer = pb.RegisterStreamResponse(request_id=msg.request_id)
+        try:
+            if not msg.register.HasField("instance"):
+                raise InvalidArgument("instance is required")
+            inst = convert.instance_from_pb(msg.register.instance)
+            reg = await self._service.register(inst, msg.register.lease_id, msg.register.replace)
+            answer.registered.CopyFrom(_registered(reg))
+        except RegistryError as e:
+            answer.error_code = _code_of(e).value[0]
+            answer.error_message = str(e)
+        finally:
+            slots.release()
+        answers.put_nowait(answer)
 
     async def Deregister(self, request: pb.DeregisterRequest, context: Ctx) -> pb.DeregisterResponse:
         revision = await _call(context, self._service.deregister(request.service, request.instance_id))

@@ -172,7 +172,7 @@ class _BatchBuilder:
         name = write.instance.service
         key = self._keys.instance_key(name, write.instance.instance_id)
         try:
-            sid = names.service_id(name).hex()
+            sid = names.service_id_hex(name)
         except names.InvalidName as e:
             self._refused[index] = InvalidArgument(f"service: {e}")
             return
@@ -253,7 +253,7 @@ def plan_write(
     """
     instance = write.instance
     try:
-        sid = names.service_id(instance.service).hex()
+        sid = names.service_id_hex(instance.service)
     except names.InvalidName as e:
         return Refuse(InvalidArgument(f"service: {e}"))
     if claim_owner is not None and claim_owner != instance.service:
@@ -288,7 +288,7 @@ def plan_recovery(
     for write in writes:
         instance = write.instance
         try:
-            claim = state.get(keys.claim_key(names.service_id(instance.service).hex()))
+            claim = state.get(keys.claim_key(names.service_id_hex(instance.service)))
         except names.InvalidName:
             claim = None  # plan_write refuses it
         current = state.get(keys.instance_key(instance.service, instance.instance_id))

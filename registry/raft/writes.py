@@ -175,7 +175,7 @@ class InstanceWriter:
 
     async def _decide(self, write: InstanceWrite, key: bytes) -> plan.WriteDecision:
         try:
-            sid = names.service_id(write.instance.service).hex()
+            sid = names.service_id_hex(write.instance.service)
         except names.InvalidName as e:
             return plan.Refuse(InvalidArgument(f"service: {e}"))
         claim_key = self._keys.claim_key(sid)

@@ -49,3 +49,16 @@ async def test_a_failed_commit_fails_every_write_of_its_batch() -> None:
     await batcher.close()
     with pytest.raises(Unavailable, match="shutting down"):
         await batcher.submit(1)
+
+
+async def test_commits_in_flight_are_bounded() -> None:
+    commit = GatedCommit()
+    batcher: WriteBatcher[int, int] = WriteBatcher(commit, max_batch=10, max_in_flight=2)
+    tasks = [asyncio.create_task(batcher.submit(n)) for n in range(50)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [len(b) for b in commit.batches] == [10, 10]  # two commits in flight, the rest wait
+    commit.gate.set()
+    assert [await t for t in tasks] == [n * 10 for n in range(50)]
+    assert sum(len(b) for b in commit.batches) == 50
+    await batcher.close()

@@ -210,3 +210,24 @@ async def test_follower_recovers_from_compaction_by_listing_again() -> None:
     assert follower.relists == 1
     assert [i.instance_id for i in view.instances()] == ["i2"]
     assert published == [store.revision, store.revision]  # i2 put and i1 delete, at the list revision
+
+
+async def test_register_stream_answers_each_registration_in_band(
+    env: tuple[FakeStore, Replica, RegistryClient],
+) -> None:
+    store, _, client = env
+    session = await client.open_session(30)
+    stream = client.registration_stream()
+    good = [stream.register(inst(f"i{n}"), lease_id=session.lease_id) for n in range(40)]
+    bad = [
+        stream.register(inst("x", service="Bad_Name"), lease_id=session.lease_id),
+        stream.register(inst("y"), lease_id=999_999),
+    ]
+    results = await asyncio.gather(*good, *bad, return_exceptions=True)
+    assert all(r.lease_id == session.lease_id for r in results[:40])  # type: ignore[union-attr]
+    codes = [r.code() for r in results[40:]]  # type: ignore[union-attr]
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND]
+    again = await stream.register(inst("i40"), lease_id=session.lease_id)  # the stream stays open
+    assert again.revision > 0
+    await stream.close()
+    assert len(store.instances) == 41

@@ -163,3 +163,24 @@ async def test_next_message_waits_for_a_publish() -> None:
     assert not waiter.done()
     feed(view, hist, hub, put("a", "1", 1))
     assert decode(await waiter).deltas[0].instance.instance_id == "1"
+
+
+async def test_queued_deltas_go_out_merged_in_order() -> None:
+    view, hist, hub = make_hub()
+    sub = hub.subscribe("s", "peer", 0, "")
+    await sub.next_message()  # empty snapshot
+    for rev in range(1, 5):
+        feed(view, hist, hub, put("a", str(rev), rev))
+    merged = decode(await sub.next_message())
+    assert merged.kind == pb.WatchResponse.DELTAS
+    assert [d.revision for d in merged.deltas] == [1, 2, 3, 4]
+    assert merged.revision == 4 and sub.queued == 0
+
+
+async def test_progress_is_never_merged_into_deltas() -> None:
+    view, hist, hub = make_hub()
+    feed(view, hist, hub, put("a", "1", 1))
+    sub = hub.subscribe("s", "peer", 1, "")  # resumes with nothing missed: PROGRESS
+    feed(view, hist, hub, put("a", "2", 2))
+    first, second = decode(await sub.next_message()), decode(await sub.next_message())
+    assert (first.kind, second.kind) == (pb.WatchResponse.PROGRESS, pb.WatchResponse.DELTAS)

@@ -215,6 +215,69 @@ class RegisterResponse(_message.Message):
 Global___RegisterResponse: _TypeAlias = RegisterResponse  # noqa: Y015
 
 @_typing.final
+class RegisterStreamRequest(_message.Message):
+    """One registration on a RegisterStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Chosen by the client and echoed in the answer, so that many
+    registrations can be in flight on one stream.
+    """
+    @_builtins.property
+    def register(self) -> Global___RegisterRequest: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        register: Global___RegisterRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["register", b"register"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["register", b"register", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterStreamRequest: _TypeAlias = RegisterStreamRequest  # noqa: Y015
+
+@_typing.final
+class RegisterStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REGISTERED_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    error_code: _builtins.int
+    """Set when it was refused: the gRPC status code a unary Register would
+    have ended with (e.g. 3 INVALID_ARGUMENT, 6 ALREADY_EXISTS) and why.
+    The stream stays open.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def registered(self) -> Global___RegisterResponse:
+        """Set when the registration was committed."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        registered: Global___RegisterResponse | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registered", b"registered"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "registered", b"registered", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterStreamResponse: _TypeAlias = RegisterStreamResponse  # noqa: Y015
+
+@_typing.final
 class OpenSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

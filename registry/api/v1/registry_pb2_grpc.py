@@ -54,6 +54,11 @@ class RegistryStub:
                 request_serializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterRequest.SerializeToString,
                 response_deserializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterResponse.FromString,
                 _registered_method=True)
+        self.RegisterStream = channel.stream_stream(
+                '/serval.registry.v1.Registry/RegisterStream',
+                request_serializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterStreamRequest.SerializeToString,
+                response_deserializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterStreamResponse.FromString,
+                _registered_method=True)
         self.Deregister = channel.unary_unary(
                 '/serval.registry.v1.Registry/Deregister',
                 request_serializer=registry_dot_api_dot_v1_dot_registry__pb2.DeregisterRequest.SerializeToString,
@@ -111,6 +116,15 @@ class RegistryServicer:
 
     def Register(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterStream(self, request_iterator, context):
+        """The same as Register, many per stream: cheaper per registration for
+        clients that register a lot (agents, bulk loaders). Answers may come out
+        of order; match them by request_id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -174,6 +188,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Register,
                     request_deserializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterRequest.FromString,
                     response_serializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterResponse.SerializeToString,
+            ),
+            'RegisterStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RegisterStream,
+                    request_deserializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterStreamRequest.FromString,
+                    response_serializer=registry_dot_api_dot_v1_dot_registry__pb2.RegisterStreamResponse.SerializeToString,
             ),
             'Deregister': grpc.unary_unary_rpc_method_handler(
                     servicer.Deregister,
@@ -314,6 +333,33 @@ class Registry:
             '/serval.registry.v1.Registry/Register',
             registry_dot_api_dot_v1_dot_registry__pb2.RegisterRequest.SerializeToString,
             registry_dot_api_dot_v1_dot_registry__pb2.RegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/serval.registry.v1.Registry/RegisterStream',
+            registry_dot_api_dot_v1_dot_registry__pb2.RegisterStreamRequest.SerializeToString,
+            registry_dot_api_dot_v1_dot_registry__pb2.RegisterStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
