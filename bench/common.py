@@ -39,9 +39,11 @@ class Settings:
     warmup_s: float = 2.0
     duration_s: float = 10.0
     load_services: int = 100
-    fanout_counts: tuple[int, ...] = (1, 100, 1000)
+    # (subscribers, seconds between registrations): a sustained 20/s at every
+    # size, and at the largest size also registrations 0.5 s apart, so that
+    # each one's propagation is measured on its own rather than behind the last.
+    fanout_rounds: tuple[tuple[int, float], ...] = ((1, 0.05), (100, 0.05), (1000, 0.05), (1000, 0.5))
     fanout_registrations: int = 100
-    fanout_interval_s: float = 0.05
     subscriber_workers: int = 8
     memory_instances: int = 100_000
     memory_services: int = 1_000
@@ -58,7 +60,7 @@ QUICK = Settings(
     mode="quick",
     warmup_s=1.0,
     duration_s=3.0,
-    fanout_counts=(1, 50),
+    fanout_rounds=((1, 0.05), (50, 0.05), (50, 0.5)),
     fanout_registrations=20,
     memory_instances=10_000,
     memory_subscribers=100,

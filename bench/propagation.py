@@ -1,10 +1,10 @@
 """Phase 2: propagation from a registration's acknowledgement to N watch subscribers.
 
-For each N in `fanout_counts`: N subscribers (in `subscriber_workers`
+For each (N, interval) in `fanout_rounds`: N subscribers (in `subscriber_workers`
 processes, see `bench.subscribers`) connect with `from_revision` 0 and take
 the snapshot. Once all hold it, this process registers
 `fanout_registrations` instances one at a time, one every
-`fanout_interval_s` (or right after the previous response when a call takes
+`interval` seconds (or right after the previous response when a call takes
 longer: the achieved rate is reported), and notes when each Register
 response arrived (the ack). Latency of a (subscriber, instance) pair =
 arrival of the instance's PUT delta at the subscriber - ack, both
@@ -38,17 +38,19 @@ async def measure_propagation(
     settings: Settings, target: str, pids: dict[str, list[int]]
 ) -> list[dict[str, Any]]:
     """One round per subscriber count; see the module docstring."""
-    return [await propagation_round(settings, target, n, pids) for n in settings.fanout_counts]
+    return [
+        await propagation_round(settings, target, n, interval, pids) for n, interval in settings.fanout_rounds
+    ]
 
 
 async def propagation_round(
-    settings: Settings, target: str, n: int, pids: dict[str, list[int]]
+    settings: Settings, target: str, n: int, interval: float, pids: dict[str, list[int]]
 ) -> dict[str, Any]:
     """N subscribers, paced registrations, latency per (subscriber, instance) pair."""
-    progress(f"propagation: {n} subscribers, {settings.fanout_registrations} registrations")
-    prefix = f"n{n}-"
+    progress(f"propagation: {n} subscribers, {settings.fanout_registrations} registrations {interval}s apart")
+    prefix = f"n{n}-{int(interval * 1000)}-"
     instance_ids = [f"{prefix}{i}" for i in range(settings.fanout_registrations)]
-    subscribers = [(f"bench/fanout-{n}/{i}", 0) for i in range(n)]
+    subscribers = [(f"bench/fanout-{prefix}{i}", 0) for i in range(n)]
     jobs = split_jobs(target, subscribers, settings.subscriber_workers, prefix, expected=len(instance_ids))
     client = RegistryClient([target], timeout=30)
     lease = (await client.open_session(SESSION_TTL)).lease_id
@@ -56,7 +58,7 @@ async def propagation_round(
         async with Subscribers(f"subscribers-{n}", jobs) as subs:
             meter = CpuMeter({**pids, "subscribers": subs.pids})
             before, started = meter.sample(), time.monotonic()
-            sent, acks = await register_paced(client, lease, instance_ids, settings.fanout_interval_s)
+            sent, acks = await register_paced(client, lease, instance_ids, interval)
             await subs.drain()
             seconds = time.monotonic() - started
             cpu = CpuMeter.busy_cores(before, meter.sample(), seconds)
@@ -74,7 +76,7 @@ async def propagation_round(
         "subscribers": n,
         "worker_processes": len(jobs),
         "registrations": len(instance_ids),
-        "interval_ms": settings.fanout_interval_s * 1000,
+        "interval_ms": interval * 1000,
         "registrations_per_s": (len(instance_ids) - 1) / sending_s if sending_s else 0.0,
         "register_latency": latency_summary_ms(register_ns),
         "connect_s": round(subs.connect_s, 2),

@@ -51,7 +51,7 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
         target = r["subscribers"] == largest
         rows.append(
             Row(
-                f"propagation p99, {r['subscribers']} subscribers",
+                f"propagation p99, {r['subscribers']} subscribers, 1 registration/{r['interval_ms']:.0f} ms",
                 f"{p99:.1f} ms",
                 f"<= {PROPAGATION_P99_TARGET_MS:.0f} ms" if target else "",
                 p99 <= PROPAGATION_P99_TARGET_MS if target else None,

@@ -249,7 +249,7 @@ class Watch:
     suffix: str
     reconnects: int = 0
     reconnect_delay: float = 1.0
-    ack_interval: float = 0.2
+    ack_interval: float = 1.0
     _in_snapshot: bool = field(default=False, init=False)
 
     async def __aiter__(self) -> AsyncIterator[pb.WatchResponse]:
