@@ -231,3 +231,32 @@ async def test_register_stream_answers_each_registration_in_band(
     assert again.revision > 0
     await stream.close()
     assert len(store.instances) == 41
+
+
+async def test_malformed_envelopes_get_invalid_argument(
+    env: tuple[FakeStore, Replica, RegistryClient],
+) -> None:
+    from registry.api.v1 import registry_pb2 as pb
+
+    _, _, client = env
+    stub = client.stub()
+    calls = [
+        stub.Register(pb.RegisterRequest(), timeout=2),
+        stub.UpdateInstance(pb.UpdateInstanceRequest(service="a.b", instance_id="i"), timeout=2),
+        stub.ListServices(pb.ListServicesRequest(limit=10_001), timeout=2),
+        stub.ListServices(pb.ListServicesRequest(suffix="bad_suffix"), timeout=2),
+        stub.CloseSession(pb.CloseSessionRequest(lease_id=-1), timeout=2),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    for first in (
+        pb.WatchRequest(applied=pb.WatchApplied(revision=3)),
+        pb.WatchRequest(start=pb.WatchStart(from_revision=-1)),
+    ):
+        watch = stub.Watch(iter([first]), timeout=2)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in watch:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
