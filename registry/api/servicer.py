@@ -35,6 +35,8 @@ STATUS_OF: dict[type[RegistryError], grpc.StatusCode] = {
 
 T = TypeVar("T")
 MAX_STREAM_IN_FLIGHT = 256
+# A Watch stream must say what it wants this soon, or it is closed.
+FIRST_MESSAGE_TIMEOUT = 30.0
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
@@ -186,7 +188,10 @@ class RegistryServicer:
 
     async def Watch(self, requests: AsyncIterator[pb.WatchRequest], context: Ctx) -> None:
         """First message `start`, then `applied` acks; responses are pre-encoded bytes."""
-        first = await context.read()
+        try:
+            first = await asyncio.wait_for(context.read(), FIRST_MESSAGE_TIMEOUT)
+        except TimeoutError:
+            await _abort(context, InvalidArgument(f"no `start` message within {FIRST_MESSAGE_TIMEOUT:.0f}s"))
         if first is grpc.aio.EOF or not isinstance(first, pb.WatchRequest) or not first.HasField("start"):
             await _abort(context, InvalidArgument("the first Watch message must be `start`"))
         start = first.start

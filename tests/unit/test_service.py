@@ -260,3 +260,27 @@ async def test_malformed_envelopes_get_invalid_argument(
             async for _ in watch:
                 pass
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+async def test_a_watch_that_never_says_start_is_closed(
+    env: tuple[FakeStore, Replica, RegistryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry.api import servicer
+    from registry.api.v1 import registry_pb2 as pb
+
+    monkeypatch.setattr(servicer, "FIRST_MESSAGE_TIMEOUT", 0.2)
+    _, _, client = env
+    silent = asyncio.Event()
+
+    async def nothing() -> AsyncIterator[pb.WatchRequest]:
+        await silent.wait()
+        yield pb.WatchRequest()
+
+    watch = client.stub().Watch(nothing(), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in watch:
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start" in err.value.details()
+    silent.set()
+    await asyncio.sleep(0.05)
