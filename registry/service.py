@@ -10,8 +10,10 @@ Errors are `registry.errors` exceptions; the API layer maps them to codes.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,17 +150,15 @@ class RegistryService:
         self, suffix: str, limit: int, page_token: str, min_revision: int = 0
     ) -> tuple[list[ServiceSummary], str, int]:
         """One page of service names in order, after `page_token`; the next token is '' at the end."""
-        try:
-            suffix = normalize_suffix(suffix)
-        except names.InvalidName as e:
-            raise InvalidArgument(f"suffix: {e}") from None
+        suffix = normalize_suffix(suffix)
         if limit > MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit {limit} is more than {MAX_LIST_LIMIT}")
         limit = limit or DEFAULT_LIST_LIMIT
         await self._wait_for_view(min_revision)
         page: list[ServiceSummary] = []
-        for name in self._view.service_names():
-            if name <= page_token or not matches_suffix(name, suffix):
+        all_names = self._view.service_names()
+        for name in itertools.islice(all_names, bisect.bisect_right(all_names, page_token), None):
+            if not matches_suffix(name, suffix):
                 continue
             if len(page) == limit:
                 return page, page[-1].name, self._view.revision

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from registry import names
+from registry.errors import InvalidArgument
 from registry.model import Instance, resolution_order
 from registry.raft.store import InstancePut, Snapshot, WatchBatch
 
@@ -171,5 +172,8 @@ def matches_suffix(service: str, suffix: str) -> bool:
 
 
 def normalize_suffix(suffix: str) -> str:
-    """Normalise a watch/list suffix filter ('' stays ''); raise `names.InvalidName`."""
-    return names.normalize(suffix) if suffix else ""
+    """Normalise a watch/list suffix filter ('' stays ''); raise `InvalidArgument`."""
+    try:
+        return names.normalize(suffix) if suffix else ""
+    except names.InvalidName as e:
+        raise InvalidArgument(f"suffix: {e}") from None

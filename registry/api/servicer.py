@@ -20,7 +20,7 @@ from registry.api.fanout import Hub, Subscription, SubscriptionClosed
 from registry.api.v1 import registry_pb2 as pb
 from registry.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, RegistryError, Unavailable
 from registry.follower import Follower
-from registry.service import Registration, RegistryService
+from registry.service import RegistryService
 from registry.view import normalize_suffix
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,6 @@ async def _abort(context: Ctx, e: RegistryError) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
-def _registered(reg: Registration) -> pb.RegisterResponse:
-    return pb.RegisterResponse(
-        lease_id=reg.lease_id, ttl_seconds=reg.ttl_seconds, revision=reg.revision, service_id=reg.service_id
-    )
-
-
 class RegistryServicer:
     """Implements serval.registry.v1.Registry (see registry.proto for the contract)."""
 
@@ -88,11 +82,20 @@ class RegistryServicer:
             yield pb.KeepAliveResponse(lease_id=request.lease_id, ttl_seconds=ttl)
 
     async def Register(self, request: pb.RegisterRequest, context: Ctx) -> pb.RegisterResponse:
+        return await _call(context, self._register(request))
+
+    async def _register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        """One registration as Register and RegisterStream carry it; domain errors propagate."""
         if not request.HasField("instance"):
-            await _abort(context, InvalidArgument("instance is required"))
+            raise InvalidArgument("instance is required")
         inst = convert.instance_from_pb(request.instance)
-        reg = await _call(context, self._service.register(inst, request.lease_id, request.replace))
-        return _registered(reg)
+        reg = await self._service.register(inst, request.lease_id, request.replace)
+        return pb.RegisterResponse(
+            lease_id=reg.lease_id,
+            ttl_seconds=reg.ttl_seconds,
+            revision=reg.revision,
+            service_id=reg.service_id,
+        )
 
     async def RegisterStream(self, requests: AsyncIterator[pb.RegisterStreamRequest], context: Ctx) -> None:
         """Registrations handled concurrently (at most `MAX_STREAM_IN_FLIGHT`); answers as they complete."""
@@ -131,11 +134,7 @@ class RegistryServicer:
     ) -> None:
         answer = pb.RegisterStreamResponse(request_id=msg.request_id)
         try:
-            if not msg.register.HasField("instance"):
-                raise InvalidArgument("instance is required")
-            inst = convert.instance_from_pb(msg.register.instance)
-            reg = await self._service.register(inst, msg.register.lease_id, msg.register.replace)
-            answer.registered.CopyFrom(_registered(reg))
+            answer.registered.CopyFrom(await self._register(msg.register))
         except RegistryError as e:
             answer.error_code = _code_of(e).value[0]
             answer.error_message = str(e)
@@ -199,8 +198,8 @@ class RegistryServicer:
             await _abort(context, InvalidArgument(f"from_revision {start.from_revision} is negative"))
         try:
             suffix = normalize_suffix(start.suffix)
-        except ValueError as e:
-            await _abort(context, InvalidArgument(f"suffix: {e}"))
+        except RegistryError as e:
+            await _abort(context, e)
         if not self._follower.ready:
             await _abort(context, Unavailable("registry replica is still loading its view from etcd"))
         sub = self._hub.subscribe(start.subscriber_id[:128], context.peer(), start.from_revision, suffix)
