@@ -134,7 +134,7 @@ class RegistryClient:
             stream = stub.KeepAlive(iter([pb.KeepAliveRequest(lease_id=lease_id)]), timeout=self.timeout)
             async for resp in stream:
                 return int(resp.ttl_seconds)
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the keep-alive stream ended without an answer")
 
         return await self._retrying(call)
 

@@ -170,9 +170,7 @@ class Hub:
                 part = wanted[start : start + self._chunk]
                 sub.offer(self._encode_deltas(part, part[-1].revision))
             if not wanted:
-                sub.offer(
-                    convert.progress_message(view_rev, self.replica_id).SerializeToString(), deltas=False
-                )
+                sub.offer(self._progress_bytes(), deltas=False)
         self._subs.add(sub)
         return sub
 
@@ -199,7 +197,7 @@ class Hub:
 
     def progress(self) -> None:
         """Tell every idle subscriber the view's revision (keeps streams and lag fresh)."""
-        msg = convert.progress_message(self._view.revision, self.replica_id).SerializeToString()
+        msg = self._progress_bytes()
         for sub in list(self._subs):
             if sub.queued == 0 and not sub.offer(msg, deltas=False):
                 self._close_slow(sub)
@@ -242,6 +240,9 @@ class Hub:
     def _filtered(self, deltas: Sequence[Delta], sub: Subscription, revision: int) -> bytes:
         wanted = [d for d in deltas if d.revision > sub.floor and matches_suffix(d.service, sub.suffix)]
         return self._encode_deltas(wanted, revision) if wanted else b""
+
+    def _progress_bytes(self) -> bytes:
+        return convert.progress_message(self._view.revision, self.replica_id).SerializeToString()
 
     def _encode_deltas(self, deltas: Sequence[Delta], revision: int) -> bytes:
         return convert.deltas_message(deltas, revision, self.replica_id).SerializeToString()
