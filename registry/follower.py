@@ -49,6 +49,7 @@ class Follower:
         self._publish = publish
         self._max_backoff = max_backoff
         self._ready = asyncio.Event()
+        self._advanced = asyncio.Condition()  # notified whenever the view's revision moves
         self.healthy = False
         self.relists = 0
 
@@ -62,12 +63,13 @@ class Follower:
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
         """Wait until the view has reached `revision`; False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.view.revision < revision:
-            if loop.time() >= deadline:
+        async with self._advanced:
+            try:
+                await asyncio.wait_for(
+                    self._advanced.wait_for(lambda: self.view.revision >= revision), timeout
+                )
+            except TimeoutError:
                 return False
-            await asyncio.sleep(0.005)
         return True
 
     async def run(self) -> None:
@@ -103,6 +105,7 @@ class Follower:
         else:
             self.history.start_revision = self.view.revision
             self._ready.set()
+        await self._notify_advanced()
 
     async def _follow(self) -> None:
         async for batch in self._store.watch(self.view.revision + 1):
@@ -110,3 +113,8 @@ class Follower:
             if deltas:
                 self.history.append(deltas)
                 self._publish(deltas, self.view.revision)
+            await self._notify_advanced()
+
+    async def _notify_advanced(self) -> None:
+        async with self._advanced:
+            self._advanced.notify_all()
