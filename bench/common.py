@@ -20,8 +20,8 @@ import grpc
 import psutil
 
 from deploy.local_cluster import registry_serving
-from deploy.processes import ChildProcess
 from registry.model import Instance
+from registry.processes import ChildProcess
 from registry.raft.local_etcd import free_ports
 from registry.raft.records import encode_instance
 

@@ -19,7 +19,7 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.processes import ChildProcess
+from registry.processes import ChildProcess
 from registry.raft.local_etcd import LocalEtcdCluster
 
 

@@ -24,7 +24,6 @@ import platform
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+
+from registry.processes import ChildProcess
 
 DEFAULT_ETCD = "/usr/bin/etcd"
 _POLL_SECONDS = 0.05
@@ -106,7 +107,7 @@ class LocalEtcdMember:
         self._token = token
         self._settings = settings
         self._binary = binary
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child = ChildProcess(name, [], member_dir / "etcd.log", env=_child_env())
 
     @property
     def client_endpoint(self) -> str:
@@ -123,41 +124,28 @@ class LocalEtcdMember:
 
     @property
     def log_path(self) -> pathlib.Path:
-        return self.member_dir / "etcd.log"
+        return self._child.log_path
 
     @property
     def running(self) -> bool:
         """True while the process this object started has not exited."""
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.running
 
     def start(self, state: str = "new") -> None:
         """Launch the process (``--initial-cluster-state`` `state`); no-op if running."""
-        if self.running:
-            return
-        self.member_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self._command(state),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=_child_env(),
-            )
+        self._child.start(self._command(state))
 
     def send_signal(self, sig: signal.Signals) -> None:
         """Signal the member's process group without waiting (no-op if not running)."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, sig)
+        self._child.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL the member (a crash) and reap it."""
-        self._signal_and_reap(signal.SIGKILL, timeout=10.0)
+        self._child.stop(10.0, signal.SIGKILL)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the member, wait up to `timeout`, then SIGKILL; always reaps."""
-        self._signal_and_reap(signal.SIGTERM, timeout)
+        self._child.stop(timeout)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Stop if running, start again on the same data dir and wait until healthy."""
@@ -176,37 +164,14 @@ class LocalEtcdMember:
 
     def wait_healthy(self, timeout: float) -> None:
         """Block until healthy; raise `EtcdStartError` with the log tail on timeout or exit."""
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if not self.running:
-                raise EtcdStartError(f"etcd member {self.name} exited\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise EtcdStartError(
-                    f"etcd member {self.name} not healthy after {timeout:.0f}s\n{self.log_tail()}"
-                )
-            time.sleep(_POLL_SECONDS)
+        try:
+            self._child.wait_until(self.healthy, timeout, poll=_POLL_SECONDS)
+        except RuntimeError as e:
+            raise EtcdStartError(f"etcd member {e}") from None
 
     def log_tail(self, lines: int = 30) -> str:
         """The last `lines` lines of the member's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"(no log: {e})"
-        return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
-
-    def _signal_and_reap(self, sig: signal.Signals, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self._proc = None
+        return self._child.log_tail(lines)
 
     def _command(self, state: str) -> list[str]:
         s = self._settings
