@@ -5,7 +5,10 @@
 //! later issues add the service table, flow state machine and wire format here.
 
 pub mod binding;
+pub mod flow;
 pub mod service_id;
+pub mod table;
+pub mod wire;
 
 /// Version of this crate, as built.
 pub fn version() -> &'static str {

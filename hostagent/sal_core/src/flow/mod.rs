@@ -1,0 +1,1 @@
+//! Flow state machine (filled by issue 3).

@@ -1,0 +1,1 @@
+//! Service table: longest-prefix match over service IDs (filled by issue 3).

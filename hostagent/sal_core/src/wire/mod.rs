@@ -1,0 +1,1 @@
+//! SAL wire format: header and extensions (filled by issue 3).
