@@ -90,7 +90,8 @@ def service_name(index: int, zone: str) -> str:
 
 
 class RegistryProcess:
-    """One `serval registry` replica process on a free loopback port, with its own key prefix.
+    """One `serval registry` replica process on a free loopback port, with its own key prefix
+    (or, from `echo`, the fan-out baseline that serves the same API without a registry).
 
     Each phase runs its own replica under its own prefix, so a phase starts
     from an empty view and its memory reading holds only its own data.
@@ -103,6 +104,15 @@ class RegistryProcess:
             "--listen", self.target, "--replica-id", name, "--prefix", prefix,
         ]  # fmt: skip
         self.child = ChildProcess(name, argv, log_dir / f"{name}.log")
+
+    @classmethod
+    def echo(cls, name: str, log_dir: Path) -> RegistryProcess:
+        """The propagation baseline instead of a replica: `bench.echo_server` (no etcd)."""
+        self = cls.__new__(cls)
+        self.target = f"{HOST}:{free_ports(HOST, 1)[0]}"
+        argv = [sys.executable, "-m", "bench.echo_server", "--listen", self.target]
+        self.child = ChildProcess(name, argv, log_dir / f"{name}.log")
+        return self
 
     @property
     def pid(self) -> int:

@@ -99,6 +99,9 @@ async def run_all(settings: Settings, run_dir: Path) -> dict[str, Any]:
         with RegistryProcess("bench-fanout", etcd.endpoints, "/bench/fanout", logs) as replica:
             pids = {"replica": [replica.pid], "etcd": [etcd_pid()]}
             results["propagation"] = await measure_propagation(settings, replica.target, pids)
+        with RegistryProcess.echo("bench-echo", logs) as echo:
+            pids = {"replica": [echo.pid]}
+            results["propagation_floor"] = await measure_propagation(settings, echo.target, pids)
         with RegistryProcess("bench-memory", etcd.endpoints, "/bench/memory", logs) as replica:
             results["memory"] = await measure_memory(settings, replica)
     finally:

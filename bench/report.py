@@ -57,6 +57,15 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
                 p99 <= PROPAGATION_P99_TARGET_MS if target else None,
             )
         )
+    for r in results.get("propagation_floor", []):
+        p99 = r["latency"].get("p99_ms", float("nan"))
+        rows.append(
+            Row(
+                f"baseline: bare gRPC fan-out p99, {r['subscribers']} subscribers, "
+                f"1 registration/{r['interval_ms']:.0f} ms",
+                f"{p99:.1f} ms",
+            )
+        )
     missing = sum(r["missing"] for r in fanout)
     rows.append(Row("missing deliveries (all rounds)", str(missing), "0", missing == 0))
     rss = mem["rss_with_subscribers_mb"]
@@ -75,7 +84,7 @@ def render(results: dict[str, Any]) -> str:
         "Throughput (same etcd, same client structure)",
         _throughput_table(results["throughput"]),
         "Propagation: Register ack -> PUT delta at each subscriber (negative: delta beat the ack)",
-        _propagation_table(results["propagation"]),
+        _propagation_table(results["propagation"], results.get("propagation_floor", [])),
         "Memory of one replica",
         _memory_table(results["memory"]),
         "Summary",
@@ -131,9 +140,12 @@ def _throughput_table(t: dict[str, Any]) -> str:
     return table(rows, header) + "\n" + note
 
 
-def _propagation_table(rounds: list[dict[str, Any]]) -> str:
+def _propagation_table(rounds: list[dict[str, Any]], floor: list[dict[str, Any]]) -> str:
+    """The registry's rounds, then the same rounds through the bare fan-out baseline (`bench.echo_server`)."""
+    labelled = [("registry", r) for r in rounds] + [("bare gRPC", r) for r in floor]
     rows = [
         (
+            server,
             r["subscribers"],
             r["worker_processes"],
             f"{r['registrations_per_s']:.1f}",
@@ -150,16 +162,18 @@ def _propagation_table(rounds: list[dict[str, Any]]) -> str:
             f"{r['connect_s']:.1f}",
             *_cores(r["busy_cores"], ("replica", "etcd", "subscribers", "other", "machine")),
         )
-        for r in rounds
+        for server, r in labelled
     ]
     header = (
-        "N", "PROCS", "REG/S", "REG P99", "DELIVERED", "MISSING", "NEGATIVE", "MIN", "P50", "P99", "MAX",
-        "P99 FROM SEND", "RECONNECTS", "CONNECT S", "REPLICA", "ETCD", "SUBS", "OTHER", "ALL",
+        "SERVER", "N", "PROCS", "REG/S", "REG P99", "DELIVERED", "MISSING", "NEGATIVE", "MIN", "P50", "P99",
+        "MAX", "P99 FROM SEND", "RECONNECTS", "CONNECT S", "REPLICA", "ETCD", "SUBS", "OTHER", "ALL",
     )  # fmt: skip
     note = (
         "(REG/S: registrations per second achieved, REG P99: their Register latency; "
         "REPLICA .. ALL: cores kept busy from the first registration until every delta arrived; "
-        "OTHER: the rest of the machine: supervisor, kernel, anything else)"
+        "OTHER: the rest of the machine: supervisor, kernel, anything else;\n"
+        "bare gRPC: the same client code against bench.echo_server, which only fans each Register out "
+        "over grpc.aio: the floor under the registry's figures; its REPLICA column is that server)"
     )
     return table(rows, header) + "\n" + note
 
