@@ -1,0 +1,161 @@
+//! Property tests: LPM against a naive linear scan; Maglev weighting,
+//! determinism and minimal disruption.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+use sal_core::table::{Rule, ServicePrefix, ServiceTable, TableConfig, Target, Verdict};
+
+/// `base` up to bit `cut`, then `tail` — IDs that share prefixes of any length.
+fn splice(base: &[u8; 32], tail: &[u8; 32], cut: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for bit in 0..256usize {
+        let src = if (bit as u32) < cut { base } else { tail };
+        out[bit / 8] |= src[bit / 8] & (0x80 >> (bit % 8));
+    }
+    out
+}
+
+fn prefix_len() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        0u32..=256,
+        (0u32..=8).prop_map(|k| k * 32),
+        (0u32..=8).prop_map(|k| (k * 32).saturating_sub(1))
+    ]
+}
+
+fn spliced_id() -> impl Strategy<Value = (usize, [u8; 32], u32)> {
+    (0usize..4, any::<[u8; 32]>(), prefix_len())
+}
+
+fn naive(prefixes: &[ServicePrefix], id: &[u8; 32]) -> Option<ServicePrefix> {
+    prefixes
+        .iter()
+        .filter(|p| p.matches(id))
+        .max_by_key(|p| p.len())
+        .copied()
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 443))
+}
+
+fn forward_table(targets: &[(usize, u32)]) -> ServiceTable {
+    let rule = Rule::Forward(
+        targets
+            .iter()
+            .map(|&(a, w)| Target::new(addr(a), w, 0))
+            .collect(),
+    );
+    let t = ServiceTable::new();
+    t.apply(TableConfig {
+        generation: 1,
+        rules: vec![(ServicePrefix::root(), rule)],
+    })
+    .unwrap();
+    t
+}
+
+fn chosen(t: &ServiceTable, key: u64) -> SocketAddr {
+    match t.load().lookup(&[0; 32]).unwrap().choose(key, &[]) {
+        Verdict::Forward(target) => target.addr,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn lpm_agrees_with_linear_scan(
+        bases in prop::array::uniform4(any::<[u8; 32]>()),
+        specs in prop::collection::vec((spliced_id(), prefix_len()), 0..120),
+        queries in prop::collection::vec(spliced_id(), 1..120),
+    ) {
+        let mut rules = BTreeMap::new();
+        for ((base, tail, cut), len) in specs {
+            let p = ServicePrefix::new(splice(&bases[base], &tail, cut), len).unwrap();
+            rules.insert(p, Rule::Demux(0));
+        }
+        let prefixes: Vec<ServicePrefix> = rules.keys().copied().collect();
+        let t = ServiceTable::new();
+        t.apply(TableConfig { generation: 1, rules: rules.into_iter().collect() }).unwrap();
+        let snap = t.snapshot();
+        let exact = prefixes.iter().map(|p| *p.bytes());
+        for (base, tail, cut) in queries {
+            let id = splice(&bases[base], &tail, cut);
+            for key in std::iter::once(id).chain(exact.clone().take(8)) {
+                let got = snap.lookup(&key).map(|e| *e.prefix());
+                prop_assert_eq!(got, naive(&prefixes, &key));
+            }
+        }
+        for p in &prefixes {
+            prop_assert_eq!(snap.get(p).map(|e| *e.prefix()), Some(*p));
+        }
+    }
+
+    #[test]
+    fn maglev_share_follows_weight(weights in prop::collection::vec(1u32..=10, 2..7)) {
+        let targets: Vec<(usize, u32)> = weights.iter().copied().enumerate().collect();
+        let t = forward_table(&targets);
+        let keys = 20_000u64;
+        let mut counts: HashMap<SocketAddr, u64> = HashMap::new();
+        for key in 0..keys {
+            *counts.entry(chosen(&t, key)).or_default() += 1;
+        }
+        let total: u32 = weights.iter().sum();
+        for (i, w) in weights.iter().enumerate() {
+            let share = *counts.get(&addr(i)).unwrap_or(&0) as f64 / keys as f64;
+            let want = f64::from(*w) / f64::from(total);
+            prop_assert!((share - want).abs() < 0.04, "target {i}: share {share:.3} want {want:.3}");
+        }
+    }
+
+    #[test]
+    fn choice_ignores_input_order(
+        targets in prop::collection::vec((0usize..64, 0u32..5), 1..10),
+        seed in any::<u64>(),
+    ) {
+        let mut unique: Vec<(usize, u32)> = Vec::new();
+        for (a, w) in targets {
+            if unique.iter().all(|u| u.0 != a) {
+                unique.push((a, w));
+            }
+        }
+        let mut shuffled = unique.clone();
+        shuffled.rotate_left((seed as usize) % unique.len());
+        shuffled.reverse();
+        let (a, b) = (forward_table(&unique), forward_table(&shuffled));
+        prop_assert_eq!(*a.load().digest(), *b.load().digest());
+        for key in 0..300u64 {
+            let key = key.wrapping_mul(seed | 1);
+            let (x, y) = (a.load(), b.load());
+            let va = x.lookup(&[0; 32]).unwrap().choose(key, &[]);
+            prop_assert_eq!(va, y.lookup(&[0; 32]).unwrap().choose(key, &[]));
+        }
+    }
+
+    // Within one Maglev size class (≤ 8, 9..=32 targets): crossing a class
+    // boundary changes the table size and reshuffles, as documented.
+    #[test]
+    fn removing_a_target_moves_mostly_its_own_flows(
+        n in prop_oneof![3usize..=8, 10usize..=32],
+        gone in 0usize..32,
+    ) {
+        let gone = gone % n;
+        let all: Vec<(usize, u32)> = (0..n).map(|i| (i, 1)).collect();
+        let rest: Vec<(usize, u32)> = all.iter().copied().filter(|t| t.0 != gone).collect();
+        let (before, after) = (forward_table(&all), forward_table(&rest));
+        let keys = 10_000u64;
+        let mut moved_others = 0;
+        for key in 0..keys {
+            let (x, y) = (chosen(&before, key), chosen(&after, key));
+            if x != addr(gone) && x != y {
+                moved_others += 1;
+            }
+        }
+        // Maglev trades a little disruption for balance; allow 5% of all flows.
+        prop_assert!(moved_others * 20 <= keys, "{moved_others} of {keys} flows moved needlessly");
+    }
+}
