@@ -1,6 +1,5 @@
-//! PyO3 glue for the service table: the `ServiceTableRef` class. Not yet
-//! registered in the `_native` module (the lead wires it in `binding.rs`).
-//! No logic lives here: it converts plain typed values, calls
+//! PyO3 glue for the service table: the `ServiceTableRef` class, registered
+//! by `binding.rs`. No logic lives here: it converts plain typed values, calls
 //! `crate::table`, releases the GIL around table builds, and maps every
 //! [`TableError`] to `ValueError` with the error's message.
 //!
@@ -70,7 +69,7 @@ fn addr_tuple(addr: &SocketAddr) -> AddrTuple {
 }
 
 /// Handle to a host's service table: lock-free lookups, whole-table applies.
-#[pyclass(frozen, name = "ServiceTableRef")]
+#[pyclass(frozen, name = "ServiceTableRef", module = "hostagent.sal_core._native")]
 pub struct ServiceTableRef {
     table: ServiceTable,
 }

@@ -5,6 +5,7 @@
 //! later issues add the service table, flow state machine and wire format here.
 
 pub mod binding;
+mod binding_table;
 pub mod flow;
 pub mod service_id;
 pub mod table;
