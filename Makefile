@@ -86,6 +86,15 @@ test: dev lint typecheck proto-check test-rust ## The whole suite: set-up, lint,
 bench-registry: dev ## Registry benchmark: throughput vs raw etcd, propagation, memory (table + JSON)
 	$(PY) -m bench.registry $(BENCH_ARGS)
 
+.PHONY: bench-sal
+bench-sal: ## SAL core benchmark: LPM lookups vs HashMap, build+swap, memory; frame codec (tables)
+	cargo bench --locked -p sal_core --bench table --bench frames
+
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz-sal
+fuzz-sal: ## Mutation-fuzz the SAL frame parser and flow machine (FUZZ_SECONDS=60; FUZZ_SEED to repeat)
+	cargo run --release --locked -p sal_core --example fuzz_sal -- --seconds $(FUZZ_SECONDS)
+
 .PHONY: clean
 clean: ## Remove build outputs and local state (keeps .venv)
 	rm -rf target .state .bench .mypy_cache .ruff_cache .pytest_cache

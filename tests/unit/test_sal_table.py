@@ -120,7 +120,10 @@ def test_counters_count_resolutions_per_rule_and_target() -> None:
 
 def test_apply_releases_the_gil_while_the_table_is_built() -> None:
     """Another Python thread keeps running during a large build."""
-    rules = [forward(f"s{i}.bench", Target(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 80)) for i in range(100_000)]
+    rules = [
+        forward(f"s{i}.bench", Target(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 80))
+        for i in range(100_000)
+    ]
     ticks = 0
     done = threading.Event()
 

@@ -69,7 +69,11 @@ fn addr_tuple(addr: &SocketAddr) -> AddrTuple {
 }
 
 /// Handle to a host's service table: lock-free lookups, whole-table applies.
-#[pyclass(frozen, name = "ServiceTableRef", module = "hostagent.sal_core._native")]
+#[pyclass(
+    frozen,
+    name = "ServiceTableRef",
+    module = "hostagent.sal_core._native"
+)]
 pub struct ServiceTableRef {
     table: ServiceTable,
 }

@@ -1,11 +1,14 @@
 //! Serval Service Access Layer core.
 //!
-//! Pure Rust (no sockets, no clock) so that `cargo test` covers it without
-//! Python. The PyO3 binding lives in [`binding`] and only registers the module;
-//! later issues add the service table, flow state machine and wire format here.
+//! Pure Rust (no sockets, no clock, no randomness) so that `cargo test` covers
+//! it without Python: [`service_id`] (names → IDs), [`table`] (the service
+//! table), [`wire`] (the SAL frame format) and [`flow`] (the flow state
+//! machine). The PyO3 binding lives in [`binding`] (module registration) and
+//! the `binding_*` glue files; none of them holds logic.
 
 pub mod binding;
 mod binding_table;
+mod binding_wire;
 pub mod flow;
 pub mod service_id;
 pub mod table;
