@@ -1,17 +1,18 @@
-"""The propagation baseline: a stand-in registry that only fans out, over the same gRPC API.
+"""The gRPC baselines: a stand-in registry that only answers and fans out, over the same API.
 
     python -m bench.echo_server --listen 127.0.0.1:PORT
 
-It serves just enough of `serval.registry.v1.Registry` for the propagation
-phase's unchanged client code (`OpenSession`, `CloseSession`, `Register`,
-`Watch`) plus the standard health service, and nothing else: no etcd, no
-validation, no view, no history. `Register` encodes one DELTAS message with
-the instance as given, offers the same bytes to every watch stream's queue
-and answers at once; each stream's handler writes what its queue holds, one
-message per write, and reads the subscriber's acks. That is the least any
-gRPC fan-out in Python (grpc.aio) must do, so the latency it achieves with
-the same subscriber processes on the same machine is the floor under the
-registry's figure: the difference is what the registry itself costs.
+It serves just enough of `serval.registry.v1.Registry` for the benchmark's
+unchanged client code (`OpenSession`, `CloseSession`, `Register`,
+`RegisterStream`, `Watch`) plus the standard health service, and nothing
+else: no etcd, no validation, no view, no history. `Register` (and each
+registration on a `RegisterStream`) encodes one DELTAS message with the
+instance as given, offers the same bytes to every watch stream's queue and
+answers at once; each watch handler writes what its queue holds, one message
+per write, and reads the subscriber's acks. That is the least any Python
+(grpc.aio) registry must do per registration and per delivery, so what it
+achieves with the same clients on the same machine is the floor under the
+registry's figures: the difference is what the registry itself costs.
 
 Unbounded queues (the baseline never disconnects a slow subscriber);
 revisions are a counter from 1.
@@ -60,6 +61,15 @@ class EchoRegistry:
             queue.put_nowait(message)
         return pb.RegisterResponse(lease_id=request.lease_id, revision=revision)
 
+    async def register_stream(
+        self, requests: AsyncIterator[pb.RegisterStreamRequest], context: object
+    ) -> AsyncIterator[pb.RegisterStreamResponse]:
+        """Each registration answered in order, as `register` answers it."""
+        async for request in requests:
+            answer = pb.RegisterStreamResponse(request_id=request.request_id)
+            answer.registered.CopyFrom(await self.register(request.register, context))
+            yield answer
+
     async def watch(
         self, requests: AsyncIterator[pb.WatchRequest], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
@@ -92,6 +102,11 @@ class EchoRegistry:
                 "OpenSession": unary(self.open_session, pb.OpenSessionRequest.FromString),
                 "CloseSession": unary(self.close_session, pb.CloseSessionRequest.FromString),
                 "Register": unary(self.register, pb.RegisterRequest.FromString),
+                "RegisterStream": grpc.stream_stream_rpc_method_handler(
+                    self.register_stream,
+                    request_deserializer=pb.RegisterStreamRequest.FromString,
+                    response_serializer=_serialize,
+                ),
                 "Watch": grpc.stream_stream_rpc_method_handler(
                     self.watch, request_deserializer=pb.WatchRequest.FromString, response_serializer=_raw
                 ),
@@ -99,7 +114,12 @@ class EchoRegistry:
         )
 
 
-def _serialize(message: pb.OpenSessionResponse | pb.CloseSessionResponse | pb.RegisterResponse) -> bytes:
+def _serialize(
+    message: pb.OpenSessionResponse
+    | pb.CloseSessionResponse
+    | pb.RegisterResponse
+    | pb.RegisterStreamResponse,
+) -> bytes:
     return message.SerializeToString()
 
 

@@ -37,7 +37,7 @@ from bench.common import FULL, HOST, QUICK, RegistryProcess, Settings, etcd_pid,
 from bench.memory import measure_memory
 from bench.propagation import measure_propagation
 from bench.report import render, summary_rows
-from bench.throughput import measure_throughput
+from bench.throughput import measure_floor_throughput, measure_throughput
 from registry.api.client import RegistryClient
 from registry.raft.local_etcd import LocalEtcdCluster
 
@@ -100,7 +100,10 @@ async def run_all(settings: Settings, run_dir: Path) -> dict[str, Any]:
             pids = {"replica": [replica.pid], "etcd": [etcd_pid()]}
             results["propagation"] = await measure_propagation(settings, replica.target, pids)
         with RegistryProcess.echo("bench-echo", logs) as echo:
-            pids = {"replica": [echo.pid]}
+            pids = {"replica": [echo.pid], "etcd": [etcd_pid()]}
+            results["throughput"]["bare_grpc_stream"] = await measure_floor_throughput(
+                settings, echo.target, pids
+            )
             results["propagation_floor"] = await measure_propagation(settings, echo.target, pids)
         with RegistryProcess("bench-memory", etcd.endpoints, "/bench/memory", logs) as replica:
             results["memory"] = await measure_memory(settings, replica)

@@ -40,6 +40,14 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             t["ratio"] >= RATIO_TARGET,
         ),
         Row("throughput ratio unary Register / etcd", f"{t['ratio_unary']:.2f}"),
+    ]
+    if "bare_grpc_stream" in t:
+        bare = t["bare_grpc_stream"]["ops_per_s"]
+        rows += [
+            Row("baseline: bare gRPC RegisterStream/s (no registry, no etcd)", f"{bare:,.0f}"),
+            Row("ratio bare gRPC RegisterStream / etcd", f"{bare / raw['ops_per_s']:.2f}"),
+        ]
+    rows += [
         Row("RegisterStream latency p50 / p99", _p50_p99(stream["latency"])),
         Row("Register latency p50 / p99", _p50_p99(reg["latency"])),
         Row("baseline: etcd put latency p50 / p99", _p50_p99(raw["latency"])),
@@ -108,11 +116,13 @@ def _machine(results: dict[str, Any]) -> str:
 
 def _throughput_table(t: dict[str, Any]) -> str:
     rows = []
-    runs = (
+    runs = [
         ("etcd put (aetcd)", t["etcd_put"]),
         ("registry Register", t["registry_register"]),
         ("registry RegisterStream", t["registry_stream"]),
-    )
+    ]
+    if "bare_grpc_stream" in t:
+        runs.append(("bare gRPC RegisterStream", t["bare_grpc_stream"]))
     for name, r in runs:
         lat = r["latency"]
         rows.append(
@@ -135,7 +145,9 @@ def _throughput_table(t: dict[str, Any]) -> str:
     note = (
         f"ratio RegisterStream / etcd: {t['ratio']:.2f}, unary Register / etcd: {t['ratio_unary']:.2f}\n"
         "(OPS/REV: operations per etcd revision, i.e. per transaction; "
-        "REPLICA .. ALL: cores kept busy in the window; OTHER: the rest of the machine)"
+        "REPLICA .. ALL: cores kept busy in the window; OTHER: the rest of the machine;\n"
+        "bare gRPC: the same RegisterStream clients against bench.echo_server, which answers without "
+        "a registry or etcd: the floor under the registry's figure; its REPLICA column is that server)"
     )
     return table(rows, header) + "\n" + note
 

@@ -57,6 +57,22 @@ async def measure_throughput(
     }
 
 
+async def measure_floor_throughput(
+    settings: Settings, echo_target: str, pids: dict[str, list[int]]
+) -> dict[str, Any]:
+    """The RegisterStream load against `bench.echo_server`: gRPC alone, no registry, no etcd.
+
+    Beside the registry's figure it shows what the gRPC clients and a Python
+    gRPC server cost by themselves on this machine (no etcd revisions: nothing
+    is written).
+    """
+
+    async def no_revisions() -> int:
+        return 0
+
+    return await run_load(settings, "registry-stream", echo_target, pids, no_revisions)
+
+
 async def run_load(
     settings: Settings,
     kind: str,

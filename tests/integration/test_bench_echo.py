@@ -1,5 +1,5 @@
-"""The propagation baseline (`bench.echo_server`) serves the watch stream the benchmark's
-unchanged client code expects: a snapshot end, then every registration as a PUT delta."""
+"""The gRPC baselines (`bench.echo_server`) serve what the benchmark's unchanged client
+code expects: a snapshot end, then every registration as a PUT delta; RegisterStream answers."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ async def test_echo_server_fans_each_registration_out_to_every_watch(tmp_path: P
                 got = [(await anext(w)).deltas[0] for _ in range(2)]
                 assert [(d.instance.instance_id, d.revision) for d in got] == [("i0", 1), ("i1", 2)]
                 assert all(d.kind == pb.InstanceDelta.PUT for d in got)
+            stream = client.registration_stream()
+            answer = await stream.register(sample_instance("svc.bench", "i2"), lease_id=lease)
+            await stream.close()
+            assert answer.revision == 3
         finally:
             for w in watches:
                 await w.aclose()  # ends the call (Watch cancels it)
