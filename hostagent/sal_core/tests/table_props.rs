@@ -25,8 +25,14 @@ fn prefix_len() -> impl Strategy<Value = u32> {
     ]
 }
 
+/// A tail: random bytes, or zeros (zero-tailed IDs and prefixes make the
+/// index's slack bound large and exercise the longest-first probing).
+fn tail() -> impl Strategy<Value = [u8; 32]> {
+    prop_oneof![any::<[u8; 32]>(), Just([0u8; 32])]
+}
+
 fn spliced_id() -> impl Strategy<Value = (usize, [u8; 32], u32)> {
-    (0usize..4, any::<[u8; 32]>(), prefix_len())
+    (0usize..4, tail(), prefix_len())
 }
 
 fn naive(prefixes: &[ServicePrefix], id: &[u8; 32]) -> Option<ServicePrefix> {
@@ -74,6 +80,10 @@ proptest! {
         queries in prop::collection::vec(spliced_id(), 1..120),
     ) {
         let mut rules = BTreeMap::new();
+        rules.insert(ServicePrefix::root(), Rule::Demux(0)); // removed below half the time
+        if specs.len() % 2 == 0 {
+            rules.clear();
+        }
         for ((base, tail, cut), len) in specs {
             let p = ServicePrefix::new(splice(&bases[base], &tail, cut), len).unwrap();
             rules.insert(p, Rule::Demux(0));
@@ -82,10 +92,19 @@ proptest! {
         let t = ServiceTable::new();
         t.apply(TableConfig { generation: 1, rules: rules.into_iter().collect() }).unwrap();
         let snap = t.snapshot();
-        let exact = prefixes.iter().map(|p| *p.bytes());
+        // Each stored prefix itself (zero beyond its length), and that with
+        // its last stored bit cleared (a zero-tailed ID just outside it).
+        let exact = prefixes.iter().flat_map(|p| {
+            let mut outside = *p.bytes();
+            if !p.is_empty() {
+                let bit = p.len() as usize - 1;
+                outside[bit / 8] &= !(0x80 >> (bit % 8));
+            }
+            [*p.bytes(), outside]
+        });
         for (base, tail, cut) in queries {
             let id = splice(&bases[base], &tail, cut);
-            for key in std::iter::once(id).chain(exact.clone().take(8)) {
+            for key in std::iter::once(id).chain(exact.clone().take(16)) {
                 let got = snap.lookup(&key).map(|e| *e.prefix());
                 prop_assert_eq!(got, naive(&prefixes, &key));
             }
@@ -157,5 +176,42 @@ proptest! {
         }
         // Maglev trades a little disruption for balance; allow 5% of all flows.
         prop_assert!(moved_others * 20 <= keys, "{moved_others} of {keys} flows moved needlessly");
+    }
+}
+
+/// Hand-picked zero-tailed cases the slack bound must get right: a /128
+/// prefix whose bits after 8 are zero matches IDs of any shorter significant
+/// length that agree with it, and /0 catches the rest.
+#[test]
+fn zero_tailed_prefixes_match_short_ids() {
+    let mut id = [0u8; 32];
+    id[0] = 0xab;
+    let rules = vec![
+        (ServicePrefix::root(), Rule::Demux(0)),
+        (ServicePrefix::new(id, 128).unwrap(), Rule::Demux(128)),
+        (ServicePrefix::new(id, 96).unwrap(), Rule::Demux(96)),
+        (ServicePrefix::new(id, 7).unwrap(), Rule::Demux(7)),
+    ];
+    let t = ServiceTable::new();
+    t.apply(TableConfig {
+        generation: 1,
+        rules,
+    })
+    .unwrap();
+    let mut deep = id;
+    deep[20] = 1; // beyond 128 bits: still under the /128
+    let mut mid = id;
+    mid[13] = 1; // inside bits 96..128: only the /96 matches
+    let mut short = id;
+    short[0] = 0xaa; // differs at bit 7: only /7 matches
+    let cases = [
+        (id, 128),
+        (deep, 128),
+        (mid, 96),
+        (short, 7),
+        ([0xff; 32], 0),
+    ];
+    for (key, want) in cases {
+        assert_eq!(t.resolve(&key, 0, &[]), Verdict::Demux(want), "{key:02x?}");
     }
 }

@@ -18,6 +18,7 @@ use super::counters::Counter;
 use super::error::TableError;
 use super::forward::ForwardSet;
 use super::lpm::Lpm;
+use super::pages::HugeVec;
 use super::prefix::ServicePrefix;
 use super::rules::Rule;
 use super::version::{Action, Content, RuleEntry, Table};
@@ -82,6 +83,10 @@ pub(crate) fn digest_of(rules: &[(ServicePrefix, Rule)]) -> [u8; 32] {
 
 /// Builds the version `generation` of `prepared`, carrying counters (and
 /// built FORWARD sets of unchanged rules) over from `old`.
+///
+/// O(n) plus the index build: both rule lists are sorted by prefix, so the
+/// previous entry of each prefix is found by one merge walk over `old`'s
+/// entries (sequential reads, no probe per rule).
 pub(crate) fn build(
     prepared: Prepared,
     generation: u64,
@@ -89,15 +94,17 @@ pub(crate) fn build(
 ) -> Result<(Table, Diff), TableError> {
     let mut diff = Diff::default();
     let mut kept = 0;
-    let mut entries = Vec::with_capacity(prepared.rules.len());
+    let mut entries = HugeVec::with_capacity(prepared.rules.len());
     let items: Vec<(ServicePrefix, u32)> = prepared
         .rules
         .iter()
         .enumerate()
         .map(|(i, r)| (r.0, i as u32))
         .collect();
+    let mut olds = old.entries().iter().peekable();
     for (prefix, rule) in prepared.rules {
-        let previous = old.get(&prefix);
+        while olds.next_if(|e| e.prefix < prefix).is_some() {}
+        let previous = olds.next_if(|e| e.prefix == prefix);
         let unchanged = previous.is_some_and(|e| e.same_rule(&rule));
         match previous {
             None => diff.added += 1,
@@ -113,7 +120,7 @@ pub(crate) fn build(
     let content = Content {
         digest: prepared.digest,
         lpm,
-        entries: entries.into_boxed_slice(),
+        entries,
         no_route: old.content.no_route.clone(),
     };
     Ok((
@@ -149,10 +156,18 @@ fn build_entry(
         (Rule::Delay, _) => Action::Delay,
         (Rule::Drop, _) => Action::Drop,
     };
+    let single = match &action {
+        Action::Forward(set) => match set.best_tier() {
+            [only] => Some(only.target),
+            _ => None,
+        },
+        _ => None,
+    };
     Ok(RuleEntry {
         prefix,
         action,
         hits,
+        single,
     })
 }
 

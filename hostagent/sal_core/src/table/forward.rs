@@ -1,17 +1,28 @@
-//! The built form of a FORWARD rule: tiers, Maglev tables and target counters.
+//! The built form of a FORWARD rule: tiers, their choosers and target counters.
 //!
 //! Targets are stored sorted by (tier, drained?, address), so each tier's
 //! eligible targets (weight > 0) form one contiguous run in address order,
-//! followed by its drained ones. Only tiers with an eligible target are kept in
-//! `tiers`, in ascending tier number (lower = preferred).
+//! followed by its drained ones. Only tiers with an eligible target are kept,
+//! in ascending tier number (lower = preferred); the best one sits inline in
+//! the set, so the common choice touches the set and its targets only.
+//!
+//! Each tier chooses by one of three consistent hashes, all built from the
+//! sorted targets alone (so the same configuration always chooses alike):
+//! - one eligible target: it;
+//! - 2..=[`HRW_MAX`] targets: weighted rendezvous hashing (`hrw`), computed
+//!   per choice — nothing to build, exact weight shares and optimal minimal
+//!   disruption, O(n) per choice, which is cheap for so few targets;
+//! - more: weighted Maglev (`maglev`), O(1) per choice from a table built
+//!   once. The boundary (8) is also Maglev's old smallest size class, so
+//!   changing a tier's size within 2..=8 or within one Maglev class moves
+//!   few flows, and crossing 8 ↔ 9 reshuffles that tier, as before.
 //!
 //! Choice for a flow key (pure, deterministic):
-//! 1. take the best tier; a single eligible target needs no table, otherwise
-//!    the tier's Maglev table maps the key to a home slot;
-//! 2. with an exclusion set (targets that just failed), walk the Maglev table
-//!    forward from the home slot, one slot at a time with wrap-around, and
-//!    take the first target not excluded — so the same key and the same
-//!    exclusions always give the same target, spread by weight;
+//! 1. take the best tier and its chooser's pick for the key;
+//! 2. with an exclusion set (targets that just failed), HRW takes the best
+//!    non-excluded target; Maglev walks its table forward from the home slot
+//!    (wrapping) to the first target not excluded — either way the same key
+//!    and exclusions always give the same target, spread by weight;
 //! 3. if every eligible target of the tier is excluded, fall to the next tier
 //!    and repeat; if no tier is left, there is no target.
 
@@ -20,32 +31,44 @@ use std::ops::Range;
 
 use super::counters::{Counter, TargetCounts};
 use super::error::TableError;
+use super::hrw;
 use super::maglev::{Maglev, MAX_TARGETS};
 use super::prefix::ServicePrefix;
 use super::rules::Target;
+
+/// Largest tier chosen by rendezvous hashing; larger tiers use Maglev.
+pub(crate) const HRW_MAX: usize = 8;
 
 /// One target and its counter.
 #[derive(Debug)]
 pub struct TargetState {
     pub target: Target,
     pub(crate) chosen: Counter,
+    /// Rendezvous key of the address (see `hrw`).
+    pub(crate) key: u64,
 }
 
 /// One non-empty tier: `eligible` indexes `ForwardSet::targets`.
 struct Tier {
     eligible: Range<u32>,
+    /// Present iff the tier has more than [`HRW_MAX`] eligible targets.
     maglev: Option<Maglev>,
 }
 
 /// A validated FORWARD rule, ready for lookups.
 pub struct ForwardSet {
     targets: Box<[TargetState]>,
-    tiers: Box<[Tier]>,
+    /// The best tier (`eligible` empty if no tier has an eligible target).
+    first: Tier,
+    /// The failover tiers, best first.
+    rest: Box<[Tier]>,
 }
 
 impl ForwardSet {
-    /// Builds from canonical targets (consumed); `counter_of` supplies each target's
-    /// counter (carried over from an older table, or fresh).
+    /// Builds from canonical targets (consumed); `counter_of` supplies each
+    /// target's counter (carried over from an older table, or fresh).
+    /// Allocates the target array, the failover tiers (if any) and a Maglev
+    /// table per tier of more than [`HRW_MAX`] targets.
     pub(crate) fn build(
         prefix: &ServicePrefix,
         mut sorted: Vec<Target>,
@@ -76,42 +99,42 @@ impl ForwardSet {
             .into_iter()
             .map(|target| TargetState {
                 chosen: counter_of(&target.addr),
+                key: hrw::target_key(&target.addr),
                 target,
             })
             .collect();
+        let mut tiers = tiers.into_iter();
+        let first = tiers.next().unwrap_or(Tier {
+            eligible: 0..0,
+            maglev: None,
+        });
         Ok(ForwardSet {
             targets,
-            tiers: tiers.into_boxed_slice(),
+            first,
+            rest: tiers.collect(),
         })
     }
 
     /// Index into [`ForwardSet::targets`] of the target for `flow_key`,
     /// skipping `exclude`d addresses (see the module doc); `None` if no
-    /// eligible target remains.
+    /// eligible target remains. No allocation; O(1) for single-target and
+    /// Maglev tiers, O(n) for rendezvous tiers, plus O(|exclude|) per target
+    /// considered when excluding.
     #[inline]
     pub fn choose(&self, flow_key: u64, exclude: &[SocketAddr]) -> Option<usize> {
-        for tier in self.tiers.iter() {
-            if exclude.is_empty() {
-                return Some(tier.home(flow_key));
-            }
-            let live = &self.targets[tier.eligible.start as usize..tier.eligible.end as usize];
-            if live.iter().all(|t| exclude.contains(&t.target.addr)) {
-                continue;
-            }
-            return Some(tier.walk(flow_key, |i| {
-                !exclude.contains(&self.targets[i].target.addr)
-            }));
+        if exclude.is_empty() {
+            return self.first.pick(&self.targets, flow_key, |_| true);
         }
-        None
+        let ok = |i: usize| !exclude.contains(&self.targets[i].target.addr);
+        std::iter::once(&self.first)
+            .chain(self.rest.iter())
+            .find_map(|tier| tier.pick(&self.targets, flow_key, ok))
     }
 
     /// Every eligible target of the best tier ("send to all" mode); empty if
     /// no tier has an eligible target.
     pub fn best_tier(&self) -> &[TargetState] {
-        match self.tiers.first() {
-            Some(t) => &self.targets[t.eligible.start as usize..t.eligible.end as usize],
-            None => &[],
-        }
+        &self.targets[self.first.eligible.start as usize..self.first.eligible.end as usize]
     }
 
     /// All targets, eligible or not, in (tier, drained, address) order.
@@ -128,13 +151,13 @@ impl ForwardSet {
         self.targets.iter().map(count).collect()
     }
 
-    /// Bytes held (targets and Maglev tables).
+    /// Bytes held (the set, targets, failover tiers and Maglev tables).
     pub(crate) fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.targets)
-            + std::mem::size_of_val(&*self.tiers)
-            + self
-                .tiers
-                .iter()
+        std::mem::size_of::<ForwardSet>()
+            + std::mem::size_of_val(&*self.targets)
+            + std::mem::size_of_val(&*self.rest)
+            + std::iter::once(&self.first)
+                .chain(self.rest.iter())
                 .map(|t| t.maglev.as_ref().map_or(0, Maglev::memory_bytes))
                 .sum::<usize>()
     }
@@ -142,7 +165,7 @@ impl ForwardSet {
 
 impl Tier {
     fn build(sorted: &[Target], eligible: Range<usize>) -> Tier {
-        let maglev = (eligible.len() > 1).then(|| {
+        let maglev = (eligible.len() > HRW_MAX).then(|| {
             let input: Vec<(SocketAddr, u32)> = sorted[eligible.clone()]
                 .iter()
                 .map(|t| (t.addr, t.weight))
@@ -155,28 +178,49 @@ impl Tier {
         }
     }
 
-    /// Target index of the home slot of `flow_key`.
+    /// Target index chosen for `flow_key` among the eligible ones `ok`
+    /// accepts (`targets` is the set's array); `None` if it accepts none.
     #[inline]
-    fn home(&self, flow_key: u64) -> usize {
-        match &self.maglev {
-            None => self.eligible.start as usize,
-            Some(m) => self.eligible.start as usize + m.at(m.home(flow_key)),
+    fn pick(
+        &self,
+        targets: &[TargetState],
+        flow_key: u64,
+        ok: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let (start, end) = (self.eligible.start as usize, self.eligible.end as usize);
+        match (&self.maglev, end - start) {
+            (_, 0) => None,
+            (None, 1) => ok(start).then_some(start),
+            (None, _) => {
+                let live = targets[start..end].iter().map(|t| (t.key, t.target.weight));
+                hrw::choose(flow_key, live, |i| ok(start + i)).map(|i| start + i)
+            }
+            (Some(m), _) => walk(m, start, end, flow_key, ok),
         }
     }
+}
 
-    /// First target index from the home slot onward that `ok` accepts. The
-    /// caller guarantees one exists, and every target owns at least one slot;
-    /// the final fallback (first accepted index) is only defensive.
-    fn walk(&self, flow_key: u64, ok: impl Fn(usize) -> bool) -> usize {
-        let base = self.eligible.start as usize;
-        let Some(m) = &self.maglev else {
-            return base;
-        };
-        let home = m.home(flow_key);
-        (0..m.len())
-            .map(|step| base + m.at(home + step))
-            .find(|&i| ok(i))
-            .or_else(|| (base..self.eligible.end as usize).find(|&i| ok(i)))
-            .unwrap_or(base)
+/// The first target index accepted by `ok`, walking `m` forward from the
+/// home slot of `flow_key` (every target owns ≥ 1 slot, so one full turn
+/// visits all); `None` if `ok` accepts none of `start..end`.
+#[inline]
+fn walk(
+    m: &Maglev,
+    start: usize,
+    end: usize,
+    flow_key: u64,
+    ok: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let home = m.home(flow_key);
+    let first = start + m.at(home);
+    if ok(first) {
+        return Some(first);
     }
+    if !(start..end).any(&ok) {
+        return None;
+    }
+    (1..m.len())
+        .map(|step| start + m.at(home + step))
+        .find(|&i| ok(i))
+        .or_else(|| (start..end).find(|&i| ok(i)))
 }

@@ -1,129 +1,68 @@
-//! Longest-prefix match over 256-bit service IDs: a multibit trie with
-//! 32-bit strides whose edges live in one open-addressing hash table.
+//! Longest-prefix match over 256-bit service IDs by exact-match probing of
+//! the prefix lengths present, in one open-addressing table (see `slots`).
 //!
-//! Why this shape: name-derived prefixes are whole labels, i.e. multiples of
-//! 32 bits, so a 32-bit stride turns a 256-level binary trie into at most 8
-//! levels, and a hash table keyed by `(parent node, 32-bit chunk)` stores each
-//! edge in one 16-byte slot (key, child node, child info). The child's rule
-//! index and flags sit in the same slot, so one level costs one hash and
-//! (usually) one cache line. A slot's *position* comes from a hash of the
-//! whole path of chunks from the root (not of the parent's node number), so
-//! the positions of all levels are known from the ID alone and their cache
-//! misses overlap; the stored key `(parent, chunk)` still makes every match
-//! exact, so hash collisions cost probes, never wrong answers.
+//! **Shape.** Every prefix is one entry keyed by (masked prefix, length).
+//! Lengths that are multiples of 32 (*aligned*: whole labels, what
+//! name-derived IDs use) are probed directly, longest first. A prefix of any
+//! other length `32k + r` (r in 1..=31) is found through its *aligned parent*
+//! `32k`: the parent's entry (a *marker* if no rule sits there) carries a
+//! 31-bit mask `sub` of the remainders present under it, and every aligned
+//! entry carries `best`, the best matching rule of its own key among prefixes
+//! no longer than itself (Waldvogel et al.'s markers with precomputed best
+//! match). The root (`/0` and the remainders under it) is kept apart.
+//! Why not probe every distinct length: a table with non-aligned prefixes
+//! easily holds dozens of distinct lengths (the benchmark's: ~90), and the
+//! slack bound below cannot rule most of them out, so an ID would cost tens
+//! of probes; through the parent it costs one probe per remainder actually
+//! present under the matching node.
 //!
-//! A prefix whose length is not a multiple of 32 ends `r` bits (1..=31) into
-//! the chunk below its aligned ancestor node. Those use controlled prefix
-//! expansion onto four sub-levels, `L` = 8, 16, 24, 31 bits: a prefix with
-//! `r` in (previous level, `L`] is stored as the `2^(L - r)` (≤ 128) values of
-//! `L` bits it covers, the longest `r` winning where two overlap. The entries
-//! live in a second hash table under `(node, 1 << L | top L bits of the
-//! chunk)`; the node's own info word carries a 4-bit mask of the levels
-//! present under it, so a lookup probes only those, longest first (≤ 4).
+//! **Slack bound.** Let sig(x) be the bits of x up to its last 1 bit. For an
+//! aligned entry K/len, slack = len − sig(K) ≥ 0; `slack[k]` is the largest
+//! slack at level k. If K/len matches an ID with sig(ID) = s < len, the ID's
+//! bits beyond s are zero, so K's are too, so sig(K) ≤ s, so len ≤ s +
+//! slack. Hence a level with 32k > s + slack[k] holds no match and is not
+//! probed; `candidates[s]` is the precomputed set of levels worth probing.
+//! IDs are hash output zero-padded after the last label, so slack is small
+//! (trailing zeros of a random label) and an ID usually costs one probe (its
+//! own service is registered) or two (it is deeper than the registered
+//! prefix); the two longest candidates are probed together, so their cache
+//! misses overlap.
 //!
-//! Complexity: lookup is at most 8 edge probes (one per label present, plus
-//! at most one failed probe), each expected O(1) at load factor ≤ 1/2, plus
-//! ≤ 4 sub-level probes at each node with non-aligned prefixes. Build is O(n · 8) expected time
-//! for aligned prefixes and O(2^(L - r)) (≤ 128) per non-aligned one; space
-//! is 16 bytes × the next power of two ≥ 2 × entries for each of the two
-//! tables. Lookups take `&self`, lock nothing and allocate nothing.
+//! **Lookup, and why it is exact.** N = the longest aligned entry matching
+//! the ID (the root if none). Probe N's remainders longest first; the first
+//! hit is the answer, else N.best. Proof: let Q be the longest matching
+//! prefix. If Q is aligned, |Q| ≤ |N|; no remainder of N matches (it would be
+//! longer than N ≥ Q); Q is a prefix of N's key, so N.best = Q. If |Q| = 32k +
+//! r, Q's parent (level k) is an entry matching the ID, so |N| ≥ 32k; if |N| =
+//! 32k, Q is the longest remainder of N that matches; if |N| > 32k, N is no
+//! rule (it would beat Q), its remainders cannot match (longer than Q) and Q
+//! is a prefix of N's key, so N.best = Q. A miss means no entry matched.
 //!
-//! The hash is a fixed multiply-rotate (Fibonacci hashing) of the path.
-//! Lookup keys come from packets but never insert, so an adversary can only
-//! choose which existing chains to probe.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! **Complexity.** Lookup: ≤ 8 aligned probes (usually 1–2) + one probe per
+//! remainder under N (usually 0–1), each expected O(1) at load ≤ ¾; no locks,
+//! no allocation. `find_exact`: one probe. Build: O(n) expected, plus one
+//! bounded lookup per marker. Space: 50 bytes (48-byte entry + 2-byte tag)
+//! × the next power of two ≥ 4/3 × (entries + markers), i.e. 67–133 bytes
+//! per prefix, plus 514 bytes.
 
 use super::error::TableError;
-use super::prefix::{chunk_of, ServicePrefix};
+use super::prefix::ServicePrefix;
+use super::slots::{masked, masked_level, significant_bits, words, Slots, Words};
 
-// Info word of a node: bits 0..26 rule index, bit 26 "has children",
-// bits 27..31 one bit per sub-level present (see SUB_LEVELS).
-/// Rule index meaning "none at this node".
+/// Rule index meaning "none".
 const NO_RULE: u32 = (1 << 26) - 1;
-/// Info flag: the node has child edges.
-const HAS_CHILDREN: u32 = 1 << 26;
-/// First bit of the sub-level mask.
-const LEVEL_SHIFT: u32 = 27;
 /// Most rules the index can address.
 pub const MAX_RULES: usize = NO_RULE as usize;
-/// Fibonacci hashing multiplier (2^64 / golden ratio).
-const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
-/// Bit lengths of the sub-levels a non-aligned prefix is expanded onto.
-const SUB_LEVELS: [u32; 4] = [8, 16, 24, 31];
-
-/// One entry. Edge table: `key = parent << 32 | chunk`, `node` = child,
-/// `info` = child's info word. Sub table: `key = node << 32 | code`,
-/// `node` = 1, `info` = rule index.
-/// `node == 0` marks an empty slot (node 0 is the root, never a child).
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(16))]
-struct Slot {
-    key: u64,
-    node: u32,
-    info: u32,
-}
-
-/// A fixed-size open-addressing table with linear probing, load ≤ 1/2.
-struct Slots {
-    slots: Box<[Slot]>,
-    shift: u32,
-    wrap: usize,
-}
-
-impl Slots {
-    /// A table holding `entries`, each `(path hash, slot)`.
-    fn from_entries(entries: impl ExactSizeIterator<Item = (u64, Slot)>) -> Slots {
-        let cap = (2 * entries.len()).next_power_of_two().max(2);
-        let mut table = Slots {
-            slots: vec![Slot::default(); cap].into_boxed_slice(),
-            shift: 64 - cap.trailing_zeros(),
-            wrap: cap - 1,
-        };
-        for (hash, entry) in entries {
-            let mut i = table.home(hash);
-            while table.slots[i].node != 0 {
-                i = (i + 1) & table.wrap;
-            }
-            table.slots[i] = entry;
-        }
-        table
-    }
-
-    #[inline(always)]
-    fn home(&self, hash: u64) -> usize {
-        (hash >> self.shift) as usize
-    }
-
-    #[inline(always)]
-    /// The slot holding `key`, probing from the home of `hash`.
-    fn get(&self, hash: u64, key: u64) -> Option<&Slot> {
-        let mut i = self.home(hash);
-        loop {
-            let slot = &self.slots[i];
-            if slot.node == 0 {
-                return None;
-            }
-            if slot.key == key {
-                return Some(slot);
-            }
-            i = (i + 1) & self.wrap;
-        }
-    }
-
-    fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
-    }
-}
+/// Levels: aligned lengths 32k for k in 1..=8 (k = 0 is the root).
+const LEVELS: u32 = 8;
 
 /// The immutable LPM index; maps IDs to rule indices given at build time.
 pub(crate) struct Lpm {
-    edges: Slots,
-    subs: Slots,
-    root_info: u32,
-    /// Non-aligned prefixes and their rules, sorted, for exact finds only.
-    unaligned: Box<[(ServicePrefix, u32)]>,
+    slots: Slots,
+    /// Bit k set: level k is worth probing for an ID of that sig (0..=256).
+    candidates: Box<[u16; 257]>,
+    root_rule: u32,
+    root_sub: u32,
 }
 
 impl Lpm {
@@ -133,187 +72,190 @@ impl Lpm {
         if items.len() >= MAX_RULES {
             return Err(TableError::TooManyRules(items.len()));
         }
-        let mut edges: HashMap<u64, u32, Fib> = HashMap::default();
-        let mut infos: Vec<u32> = vec![NO_RULE]; // node 0 = root
-        let mut keys: Vec<u64> = vec![0];
-        let mut paths: Vec<u64> = vec![ROOT_PATH];
-        // (node, code) → (r, rule, node's path hash); the longest r wins.
-        let mut subs: HashMap<u64, (u32, u32, u64), Fib> = HashMap::default();
-        let mut unaligned = Vec::new();
-        for &(prefix, rule) in items {
-            let full = (prefix.len() / 32) as usize;
-            let mut node = 0u32;
-            for level in 0..full {
-                let key = join(node, prefix.chunk(level));
-                let path = step(paths[node as usize], prefix.chunk(level));
-                infos[node as usize] |= HAS_CHILDREN;
-                node = *edges.entry(key).or_insert_with(|| {
-                    infos.push(NO_RULE);
-                    keys.push(key);
-                    paths.push(path);
-                    (infos.len() - 1) as u32
-                });
-            }
-            match prefix.len() % 32 {
-                0 => infos[node as usize] = (infos[node as usize] & !NO_RULE) | rule,
-                rest => {
-                    unaligned.push((prefix, rule));
-                    let (index, level) = sub_level(rest);
-                    infos[node as usize] |= 1 << (LEVEL_SHIFT + index);
-                    let first = prefix.chunk(full) >> (32 - level);
-                    for value in first..first + (1 << (level - rest)) {
-                        let slot = subs.entry(join(node, (1 << level) | value)).or_default();
-                        if slot.0 < rest {
-                            *slot = (rest, rule, paths[node as usize]);
-                        }
-                    }
-                }
-            }
+        let odd = items.iter().filter(|(p, _)| p.len() % 32 != 0).count();
+        let mut lpm = Lpm {
+            slots: Slots::with_room(items.len() + odd),
+            candidates: Box::new([0; 257]),
+            root_rule: NO_RULE,
+            root_sub: 0,
+        };
+        let mut slack = [None::<u32>; LEVELS as usize + 1];
+        let mut markers = Vec::new();
+        for (prefix, rule) in items {
+            lpm.insert(prefix, *rule, &mut slack, &mut markers);
         }
-        let edge_slots = (1..keys.len()).map(|n| {
-            (
-                paths[n],
-                Slot {
-                    key: keys[n],
-                    node: n as u32,
-                    info: infos[n],
-                },
-            )
-        });
-        let sub_slots = subs
-            .into_iter()
-            .map(|(key, (_, info, path))| (step(path, key as u32), Slot { key, node: 1, info }));
-        Ok(Lpm {
-            edges: Slots::from_entries(edge_slots),
-            subs: Slots::from_entries(sub_slots),
-            root_info: infos[0],
-            unaligned: {
-                unaligned.sort_unstable_by_key(|e| e.0);
-                unaligned.into_boxed_slice()
-            },
-        })
+        for (s, set) in lpm.candidates.iter_mut().enumerate() {
+            *set = candidate_levels(s as u32, &slack);
+        }
+        lpm.fill_markers(markers);
+        Ok(lpm)
     }
 
     /// Index of the rule of the longest prefix matching `id`, if any.
     #[inline]
     pub(crate) fn lookup(&self, id: &[u8; 32]) -> Option<u32> {
-        let mut info = self.root_info;
-        let mut best = info & NO_RULE;
-        let (mut node, mut path) = (0u32, ROOT_PATH);
-        for level in 0..8 {
-            let chunk = chunk_of(id, level);
-            if info >> LEVEL_SHIFT != 0 {
-                if let Some(rule) = self.match_sub(node, path, info >> LEVEL_SHIFT, chunk) {
-                    best = rule;
-                }
+        let id = words(id);
+        let levels = self.candidates[significant_bits(&id) as usize];
+        self.lookup_within(&id, levels)
+    }
+
+    /// Index of the rule stored for exactly `prefix`, if any. One probe.
+    pub(crate) fn find_exact(&self, prefix: &ServicePrefix) -> Option<u32> {
+        let rule = match prefix.len() {
+            0 => self.root_rule,
+            len => self.slots.find(&words(prefix.bytes()), len)?.rule,
+        };
+        (rule != NO_RULE).then_some(rule)
+    }
+
+    /// Bytes held by the index.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.slots.memory_bytes() + std::mem::size_of_val(&*self.candidates)
+    }
+
+    /// The lookup restricted to the aligned levels in `levels` (bit k).
+    ///
+    /// Fast path (the common case, written to keep branches predictable so
+    /// the CPU overlaps consecutive lookups): probe the tags of the two
+    /// longest levels unconditionally, take the longer level whose
+    /// fingerprint is present, and verify that one entry. Anything else (a
+    /// fingerprint-only match, neither level present — the match may then be
+    /// shorter) takes the general path, which is always correct.
+    #[inline(always)]
+    fn lookup_within(&self, id: &Words, levels: u16) -> Option<u32> {
+        if levels == 0 {
+            return self.lookup_general(id, levels);
+        }
+        let k1 = 15 - levels.leading_zeros();
+        let below = levels & !(1 << k1);
+        let k2 = if below == 0 {
+            k1
+        } else {
+            15 - below.leading_zeros()
+        };
+        let (len1, len2) = (32 * k1, 32 * k2);
+        let (key1, key2) = (masked_level(id, k1), masked_level(id, k2));
+        // Decide from the tags (cache-resident) which level to take, then
+        // read and verify that one entry; the verification almost always
+        // passes, so its branch predicts well.
+        let (at1, at2) = (self.slots.probe(&key1, len1), self.slots.probe(&key2, len2));
+        let first = at1 != self.slots.spare();
+        let (at, len, key) = if first {
+            (at1, len1, key1)
+        } else {
+            (at2, len2, key2)
+        };
+        let node = self.slots.at(at);
+        if u32::from(node.len) != len || node.key != key {
+            return self.lookup_general(id, levels);
+        }
+        let base = len;
+        if node.sub != 0 {
+            if let Some(rule) = self.match_remainder(id, base, node.sub) {
+                return Some(rule);
             }
-            if info & HAS_CHILDREN == 0 {
+        }
+        (node.best != NO_RULE).then_some(node.best)
+    }
+
+    /// The longest entry of length `base + r` (r in `sub`) matching `id`.
+    #[inline(never)]
+    fn match_remainder(&self, id: &Words, base: u32, mut sub: u32) -> Option<u32> {
+        while sub != 0 {
+            let r = 31 - sub.leading_zeros();
+            sub &= !(1 << r);
+            if let Some(entry) = self.slots.find(id, base + r) {
+                return Some(entry.rule);
+            }
+        }
+        None
+    }
+
+    /// The lookup restricted to `levels`, by the plain algorithm of the
+    /// module doc (longest aligned entry, then its remainders).
+    #[inline(never)]
+    fn lookup_general(&self, id: &Words, mut levels: u16) -> Option<u32> {
+        let (mut best, mut sub, mut base) = (self.root_rule, self.root_sub, 0);
+        while levels != 0 {
+            let k = 15 - levels.leading_zeros();
+            levels &= !(1 << k);
+            if let Some(node) = self.slots.find(id, 32 * k) {
+                (best, sub, base) = (node.best, node.sub, 32 * k);
                 break;
             }
-            // The home slot depends on the ID only, not on the node found
-            // one level up, so the CPU can fetch every level in parallel.
-            path = step(path, chunk);
-            let Some(slot) = self.edges.get(path, join(node, chunk)) else {
-                break;
-            };
-            node = slot.node;
-            info = slot.info;
-            if info & NO_RULE != NO_RULE {
-                best = info & NO_RULE;
+        }
+        if sub != 0 {
+            if let Some(rule) = self.match_remainder(id, base, sub) {
+                return Some(rule);
             }
         }
         (best != NO_RULE).then_some(best)
     }
 
-    /// Index of the rule stored for exactly `prefix`, if any.
-    pub(crate) fn find_exact(&self, prefix: &ServicePrefix) -> Option<u32> {
-        let full = (prefix.len() / 32) as usize;
-        let mut info = self.root_info;
-        if prefix.len() % 32 == 0 {
-            let (mut node, mut path) = (0u32, ROOT_PATH);
-            for level in 0..full {
-                path = step(path, prefix.chunk(level));
-                let slot = self.edges.get(path, join(node, prefix.chunk(level)))?;
-                (node, info) = (slot.node, slot.info);
+    /// Adds one prefix: aligned → its own entry; otherwise an entry for it
+    /// and a remainder bit on its aligned parent (a marker if new).
+    fn insert(
+        &mut self,
+        prefix: &ServicePrefix,
+        rule: u32,
+        slack: &mut [Option<u32>],
+        markers: &mut Vec<(u32, Words)>,
+    ) {
+        let (key, len) = (words(prefix.bytes()), prefix.len());
+        let (level, r) = (len / 32, len % 32);
+        if len == 0 {
+            self.root_rule = rule;
+        } else if r == 0 {
+            let slot = self.slots.entry(&key, len, NO_RULE);
+            (slot.rule, slot.best) = (rule, rule);
+            note_slack(slack, level, len - significant_bits(&key));
+        } else {
+            let slot = self.slots.entry(&key, len, NO_RULE);
+            (slot.rule, slot.best) = (rule, rule);
+            let parent = masked(&key, 32 * level);
+            if level == 0 {
+                self.root_sub |= 1 << r;
+                return;
             }
-        }
-        match prefix.len() % 32 {
-            0 => (info & NO_RULE != NO_RULE).then_some(info & NO_RULE),
-            _ => {
-                let i = self.unaligned.binary_search_by_key(prefix, |e| e.0).ok()?;
-                Some(self.unaligned[i].1)
+            let node = self.slots.entry(&parent, 32 * level, NO_RULE);
+            if node.sub == 0 && node.rule == NO_RULE {
+                markers.push((32 * level, parent));
             }
+            node.sub |= 1 << r;
+            note_slack(slack, level, 32 * level - significant_bits(&parent));
         }
     }
 
-    /// Bytes held by the index (both tables).
-    pub(crate) fn memory_bytes(&self) -> usize {
-        self.edges.memory_bytes()
-            + self.subs.memory_bytes()
-            + std::mem::size_of_val(&*self.unaligned)
-    }
-
-    /// The longest non-aligned prefix under `node` matching `chunk`; `levels`
-    /// is the node's sub-level mask.
-    #[inline(never)]
-    fn match_sub(&self, node: u32, path: u64, levels: u32, chunk: u32) -> Option<u32> {
-        (0..SUB_LEVELS.len())
-            .rev()
-            .filter(|&i| levels & (1 << i) != 0)
-            .find_map(|i| {
-                let code = sub_code(chunk, SUB_LEVELS[i]);
-                self.subs.get(step(path, code), join(node, code))
-            })
-            .map(|slot| slot.info)
-    }
-}
-
-/// Path hash of the root.
-const ROOT_PATH: u64 = 0x243F_6A88_85A3_08D3;
-
-/// Path hash of a child: the parent's path hash extended by one 32-bit chunk.
-/// It depends only on the ID's chunks, so every level's home slot is known
-/// before the level above has been probed.
-#[inline(always)]
-fn step(path: u64, chunk: u32) -> u64 {
-    (path.rotate_left(32) ^ u64::from(chunk)).wrapping_mul(FIB)
-}
-
-#[inline(always)]
-fn join(high: u32, low: u32) -> u64 {
-    (u64::from(high) << 32) | u64::from(low)
-}
-
-/// `(index, bits)` of the sub-level a prefix ending `rest` (1..=31) bits
-/// into a chunk expands onto.
-fn sub_level(rest: u32) -> (u32, u32) {
-    let index = SUB_LEVELS.iter().position(|&l| rest <= l).unwrap_or(3);
-    (index as u32, SUB_LEVELS[index])
-}
-
-/// `1 << level | top level bits of chunk`: unique per (level, value), never 0.
-#[inline(always)]
-fn sub_code(chunk: u32, level: u32) -> u32 {
-    (1 << level) | (chunk >> (32 - level))
-}
-
-/// Build-time hasher for the u64 keys of the temporary maps (Fibonacci
-/// hashing; the maps are private and their keys come from the config).
-type Fib = BuildHasherDefault<FibHasher>;
-
-#[derive(Default)]
-struct FibHasher(u64);
-
-impl Hasher for FibHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIB);
+    /// Sets `best` of every marker (aligned entry without a rule): the
+    /// lookup of its key restricted to shorter levels. Shorter markers first,
+    /// so the entries that lookup reads are already final.
+    fn fill_markers(&mut self, mut markers: Vec<(u32, Words)>) {
+        markers.sort_unstable_by_key(|m| m.0);
+        for (len, key) in markers {
+            if self
+                .slots
+                .find(&key, len)
+                .is_some_and(|s| s.rule != NO_RULE)
+            {
+                continue; // a rule arrived after the marker was noted
+            }
+            let shorter =
+                self.candidates[significant_bits(&key) as usize] & ((1 << (len / 32)) - 1);
+            let best = self.lookup_within(&key, shorter).unwrap_or(NO_RULE);
+            self.slots.entry(&key, len, NO_RULE).best = best;
         }
     }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = (self.0 ^ key).wrapping_mul(FIB);
-    }
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
+}
+
+/// Raises level `k`'s slack to `value`.
+fn note_slack(slack: &mut [Option<u32>], k: u32, value: u32) {
+    let s = &mut slack[k as usize];
+    *s = Some(s.map_or(value, |old| old.max(value)));
+}
+
+/// Levels present whose length is within reach of an ID of sig `s`.
+fn candidate_levels(s: u32, slack: &[Option<u32>]) -> u16 {
+    (1..=LEVELS)
+        .filter(|&k| slack[k as usize].is_some_and(|sl| 32 * k <= s + sl))
+        .fold(0, |set, k| set | (1 << k))
 }

@@ -2,7 +2,9 @@
 //! fixed, specified hashes so every build and every host agrees.
 //!
 //! Contract:
-//! - Input: the eligible targets of one tier, in canonical (address) order,
+//! - Input: the eligible targets of one tier, in canonical (address) order
+//!   (`forward` uses Maglev only for tiers of more than 8; smaller tiers use
+//!   rendezvous hashing, see `hrw`),
 //!   each with a weight > 0. The same input always yields the same table.
 //! - A target's permutation depends only on its own address: `offset` and
 //!   `skip` are the first two big-endian u64s of SHA-256 over

@@ -10,7 +10,8 @@
 //! [`DelayQueue`] until the control plane settles it.
 //!
 //! Modules: `prefix` (IDs and prefixes), `rules` (config form), `lpm` (the
-//! index), `maglev` (consistent hashing), `forward` (tiers and choice),
+//! index), `slots` (its hash table), `pages` (huge-page memory), `hrw` and
+//! `maglev` (consistent hashing), `forward` (tiers and choice),
 //! `counters`, `version` (one immutable table), `build` (config → version),
 //! `handle` (atomic swap), `delay` (pending set-ups), `error`.
 
@@ -20,10 +21,13 @@ mod delay;
 mod error;
 mod forward;
 mod handle;
+mod hrw;
 mod lpm;
 mod maglev;
+mod pages;
 mod prefix;
 mod rules;
+mod slots;
 mod version;
 
 pub use build::TableConfig;

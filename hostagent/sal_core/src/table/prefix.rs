@@ -74,11 +74,6 @@ impl ServicePrefix {
     pub fn matches(&self, id: &[u8; ID_BYTES]) -> bool {
         mask(*id, self.len()) == self.bytes
     }
-
-    /// The 32-bit chunk `level` (0..8) of the prefix, most significant first.
-    pub(crate) fn chunk(&self, level: usize) -> u32 {
-        chunk_of(&self.bytes, level)
-    }
 }
 
 impl Ord for ServicePrefix {
@@ -120,13 +115,6 @@ impl fmt::Display for ServicePrefix {
         }
         write!(f, ":{}", self.bits)
     }
-}
-
-/// Chunk `level` (0..8) of a 256-bit ID as a big-endian u32.
-#[inline(always)]
-pub(crate) fn chunk_of(bytes: &[u8; ID_BYTES], level: usize) -> u32 {
-    let i = level * 4;
-    u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
 }
 
 /// `bytes` with every bit at position `bits` or later cleared.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::counters::{Counter, CountersSnapshot, RuleCounts};
 use super::forward::ForwardSet;
 use super::lpm::Lpm;
+use super::pages::HugeVec;
 use super::prefix::ServicePrefix;
 use super::rules::{Rule, RuleKind, Target};
 use crate::service_id::ID_BYTES;
@@ -28,6 +29,9 @@ pub struct RuleEntry {
     pub(crate) prefix: ServicePrefix,
     pub(crate) action: Action,
     pub(crate) hits: Counter,
+    /// FORWARD whose best tier has exactly one eligible target: that target,
+    /// copied here so a choice without exclusions reads this entry only.
+    pub(crate) single: Option<Target>,
 }
 
 /// The outcome of resolving a service ID (owned; no borrow of the table).
@@ -105,7 +109,10 @@ impl RuleEntry {
     /// (pure: bumps no counter). See `forward` for the choice contract.
     #[inline]
     pub fn choose(&self, flow_key: u64, exclude: &[SocketAddr]) -> Verdict {
-        self.choose_index(flow_key, exclude).0
+        match self.single {
+            Some(target) if exclude.is_empty() => Verdict::Forward(target),
+            _ => self.choose_index(flow_key, exclude).0,
+        }
     }
 
     /// Every eligible target of the best tier (FORWARD "send to all");
@@ -139,7 +146,8 @@ impl RuleEntry {
 pub(crate) struct Content {
     pub(crate) digest: [u8; 32],
     pub(crate) lpm: Lpm,
-    pub(crate) entries: Box<[RuleEntry]>,
+    /// In prefix order; huge-page backed when large (see `pages`).
+    pub(crate) entries: HugeVec<RuleEntry>,
     pub(crate) no_route: Counter,
 }
 
@@ -156,7 +164,7 @@ impl Table {
         let content = Content {
             digest: super::build::digest_of(&[]),
             lpm: Lpm::build(&[]).expect("an empty index always builds"),
-            entries: Box::new([]),
+            entries: HugeVec::with_capacity(0),
             no_route: Counter::default(),
         };
         Table {
@@ -244,6 +252,7 @@ impl Table {
     /// allocator overhead.
     pub fn memory_bytes(&self) -> usize {
         let counter = std::mem::size_of::<u64>() * 3; // Arc header + value
+                                                      // (ForwardSet::memory_bytes counts the set itself; + 16 = Arc header.)
         let per_entry = std::mem::size_of::<RuleEntry>() + counter;
         let sets: usize = self
             .content

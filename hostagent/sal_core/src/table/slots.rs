@@ -1,0 +1,318 @@
+//! The one open-addressing hash table behind the LPM index, and the 256-bit
+//! word arithmetic it needs (masking, significant length, hashing).
+//!
+//! Contract: a [`Slots`] table maps `(masked 256-bit key, length)` to one
+//! [`Slot`]; it is filled once at build time (`entry`) and then only read
+//! (`probe`, `find`), so lookups take `&self`, lock nothing and allocate
+//! nothing. The tag array's capacity is a power of two ≥ 4/3 × the most
+//! entries the builder announced (load ≤ ¾), probing is linear, and every
+//! hit compares the full key and length, so hash collisions (of position or
+//! fingerprint) cost probes, never wrong answers.
+//!
+//! The hash is a fixed multiply–xorshift mix of the four words and the length
+//! (service IDs are SHA-256 output, so a light mix spreads them; zero-tailed
+//! keys still mix because every word is multiplied and the high product bits
+//! are folded down before the final multiply). Lookup keys come from packets
+//! but never insert, so an adversary can only choose which chains to probe.
+
+use super::pages::{Zeroable, ZeroedSlice};
+use crate::service_id::ID_BYTES;
+
+/// A 256-bit ID as four big-endian words, most significant first.
+pub(crate) type Words = [u64; 4];
+
+/// One entry, 48 bytes, kept in a dense array (no empty entries).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct Slot {
+    /// The prefix, masked to `len` bits.
+    pub(crate) key: Words,
+    /// Rule stored for exactly this prefix, or `NO_RULE` (a marker).
+    pub(crate) rule: u32,
+    /// Best matching rule of the key among prefixes of length ≤ `len`.
+    pub(crate) best: u32,
+    /// Aligned nodes: bit `r` (1..=31) set if a prefix of length `len + r`
+    /// extends this key. Zero for other entries.
+    pub(crate) sub: u32,
+    /// 1..=256 (`/0` is never stored: the index keeps the root apart).
+    pub(crate) len: u16,
+}
+
+// SAFETY: integers only, and the derived default is all zeros.
+unsafe impl Zeroable for Slot {}
+
+/// An open-addressing table (linear probing, load ≤ ¾) in two parallel
+/// arrays, as in SwissTable: 2-byte tags (a non-zero 16-bit fingerprint of
+/// the hash; 0 = empty) and the 48-byte entries at the same positions. A
+/// probe scans tags (32 per cache line, 0.5 MiB per 256k slots, so they stay
+/// in cache) and reads an entry only when the fingerprint agrees — so a
+/// lookup usually reads one entry, and a failed probe none. `probe` checks
+/// [`GROUP`] tags at once (SWAR), so its common case has no data-dependent
+/// branch and the CPU can overlap consecutive lookups.
+pub(crate) struct Slots {
+    /// `cap + GROUP - 1` tags: the first `GROUP - 1` are mirrored at the end
+    /// so a group read at any position needs no wrap-around.
+    tags: ZeroedSlice<u16>,
+    /// `cap + 1` entries; the last one is a spare that stays all-zero.
+    entries: ZeroedSlice<Slot>,
+    shift: u32,
+    wrap: usize,
+}
+
+impl Slots {
+    /// An empty table with room for `entries`. O(capacity) at worst (large
+    /// arrays are fresh zero pages, huge pages if the kernel agrees).
+    pub(crate) fn with_room(entries: usize) -> Slots {
+        let cap = (entries + entries.div_ceil(3)).next_power_of_two().max(2);
+        Slots {
+            tags: ZeroedSlice::new(cap + GROUP - 1),
+            entries: ZeroedSlice::new(cap + 1),
+            shift: 64 - cap.trailing_zeros(),
+            wrap: cap - 1,
+        }
+    }
+
+    /// The entry of `(key, len)`, inserted with `rule` and `best` = `no_rule`
+    /// and `sub` = 0 if absent. `len` must be 1..=256 and `key` masked; the
+    /// caller must not insert more entries than announced (the probe would
+    /// never end on a full table).
+    pub(crate) fn entry(&mut self, key: &Words, len: u32, no_rule: u32) -> &mut Slot {
+        let h = hash(key, len);
+        let mut i = self.home(h);
+        while self.tags[i] != 0 {
+            let e = &self.entries[i];
+            if self.tags[i] == fingerprint(h) && u32::from(e.len) == len && e.key == *key {
+                return &mut self.entries[i];
+            }
+            i = (i + 1) & self.wrap;
+        }
+        self.tags[i] = fingerprint(h);
+        if i < GROUP - 1 {
+            self.tags[self.wrap + 1 + i] = fingerprint(h);
+        }
+        self.entries[i] = Slot {
+            key: *key,
+            rule: no_rule,
+            best: no_rule,
+            sub: 0,
+            len: len as u16,
+        };
+        &mut self.entries[i]
+    }
+
+    /// The position of the first entry along the probe chain of `(key,
+    /// len)` whose fingerprint agrees — almost always the entry of `(key,
+    /// len)` if stored — or the spare position (an all-zero entry
+    /// that matches no key, its `len` being 0) when the chain ends first.
+    /// Reads tags only; the caller verifies the entry ([`Slots::at`]), and on
+    /// a fingerprint-only match falls back to [`Slots::find`]. Expected O(1).
+    #[inline(always)]
+    pub(crate) fn probe(&self, key: &Words, len: u32) -> usize {
+        let h = hash(key, len);
+        let home = self.home(h);
+        let t = &self.tags[home..home + GROUP];
+        let group =
+            u64::from(t[0]) | u64::from(t[1]) << 16 | u64::from(t[2]) << 32 | u64::from(t[3]) << 48;
+        // Lowest matching and lowest empty lane (64 if none); exact, see `zero_lanes`.
+        let hit = zero_lanes(group ^ (u64::from(fingerprint(h)) * LANES)).trailing_zeros();
+        let empty = zero_lanes(group).trailing_zeros();
+        if hit == 64 && empty == 64 {
+            return self.probe_beyond(h, home);
+        }
+        if hit < empty {
+            (home + hit as usize / 16) & self.wrap
+        } else {
+            self.spare()
+        }
+    }
+
+    /// The entry at a position returned by `probe`.
+    #[inline(always)]
+    pub(crate) fn at(&self, position: usize) -> &Slot {
+        &self.entries[position]
+    }
+
+    /// The position of the spare all-zero entry.
+    #[inline(always)]
+    pub(crate) fn spare(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    /// `probe` when the first group decides nothing (all its tags taken,
+    /// none matching): a scalar scan onward from the group's end.
+    #[inline(never)]
+    fn probe_beyond(&self, h: u64, home: usize) -> usize {
+        let mut i = (home + GROUP) & self.wrap;
+        loop {
+            match self.tags[i] {
+                0 => return self.spare(),
+                tag if tag == fingerprint(h) => return i,
+                _ => i = (i + 1) & self.wrap,
+            }
+        }
+    }
+
+    /// The entry of the first `len` bits of `id`, if stored. Expected O(1).
+    #[inline(always)]
+    pub(crate) fn find(&self, id: &Words, len: u32) -> Option<&Slot> {
+        let key = masked(id, len);
+        let h = hash(&key, len);
+        let mut i = self.home(h);
+        loop {
+            let tag = self.tags[i];
+            if tag == 0 {
+                return None;
+            }
+            let e = &self.entries[i];
+            if tag == fingerprint(h) && u32::from(e.len) == len && e.key == key {
+                return Some(e);
+            }
+            i = (i + 1) & self.wrap;
+        }
+    }
+
+    /// Bytes held by the table (tags and entries).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.tags) + std::mem::size_of_val(&*self.entries)
+    }
+
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize & self.wrap
+    }
+}
+
+/// Tags read at once by `probe`.
+const GROUP: usize = 4;
+/// 1 in each 16-bit lane.
+const LANES: u64 = 0x0001_0001_0001_0001;
+
+/// Bit 15 of each 16-bit lane of `x` that is zero. Lanes above the lowest
+/// zero lane may be flagged spuriously (borrow), but the lowest flagged lane
+/// is always a zero lane, which is all `probe` uses.
+#[inline(always)]
+fn zero_lanes(x: u64) -> u64 {
+    x.wrapping_sub(LANES) & !x & (LANES << 15)
+}
+
+/// The non-zero 16-bit fingerprint stored in a tag (low hash bits; the home
+/// position uses the high ones).
+#[inline(always)]
+fn fingerprint(hash: u64) -> u16 {
+    hash as u16 | 1
+}
+
+/// The 32 bytes of an ID as four big-endian words.
+#[inline(always)]
+pub(crate) fn words(bytes: &[u8; ID_BYTES]) -> Words {
+    let word = |i: usize| u64::from_be_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+    [word(0), word(1), word(2), word(3)]
+}
+
+/// `id` with every bit at position `len` (0..=256) or later cleared.
+#[inline(always)]
+pub(crate) fn masked(id: &Words, len: u32) -> Words {
+    let keep = |i: u32| {
+        let bits = len.saturating_sub(64 * i).min(64);
+        id[i as usize] & u64::MAX.checked_shl(64 - bits).unwrap_or(0)
+    };
+    [keep(0), keep(1), keep(2), keep(3)]
+}
+
+/// `id` masked to the aligned length `32 * level` (level 0..=8), by table.
+#[inline(always)]
+pub(crate) fn masked_level(id: &Words, level: u32) -> Words {
+    let m = &LEVEL_MASKS[level as usize];
+    [id[0] & m[0], id[1] & m[1], id[2] & m[2], id[3] & m[3]]
+}
+
+/// The four word masks of each aligned length 32k.
+const LEVEL_MASKS: [Words; 9] = {
+    let mut masks = [[0u64; 4]; 9];
+    let mut level = 0;
+    while level < 9 {
+        let mut w = 0;
+        while w < 4 {
+            let bits = 32 * level as i64 - 64 * w as i64;
+            masks[level][w] = if bits >= 64 {
+                u64::MAX
+            } else if bits <= 0 {
+                0
+            } else {
+                u64::MAX << (64 - bits)
+            };
+            w += 1;
+        }
+        level += 1;
+    }
+    masks
+};
+
+/// Significant length: bits up to and including the last 1 bit (256 minus
+/// the trailing zeros of the 256-bit value); 0 for the all-zero ID.
+#[inline(always)]
+pub(crate) fn significant_bits(id: &Words) -> u32 {
+    let nonzero = u32::from(id[0] != 0)
+        | u32::from(id[1] != 0) << 1
+        | u32::from(id[2] != 0) << 2
+        | u32::from(id[3] != 0) << 3;
+    if nonzero == 0 {
+        return 0;
+    }
+    let last = 31 - nonzero.leading_zeros();
+    64 * last + 64 - id[last as usize].trailing_zeros()
+}
+
+/// Fixed mix of a masked key and its length (see the module doc).
+#[inline(always)]
+fn hash(key: &Words, len: u32) -> u64 {
+    const K: [u64; 5] = [
+        0x9E37_79B9_7F4A_7C15,
+        0xC2B2_AE3D_27D4_EB4F,
+        0x1656_67B1_9E37_79F9,
+        0xD6E8_FEB8_6659_FD93,
+        0xFF51_AFD7_ED55_8CCD,
+    ];
+    let h = (key[0] ^ u64::from(len)).wrapping_mul(K[0])
+        ^ key[1].wrapping_mul(K[1])
+        ^ key[2].wrapping_mul(K[2])
+        ^ key[3].wrapping_mul(K[3]);
+    (h ^ (h >> 29)).wrapping_mul(K[4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_helpers() {
+        let id = [u64::MAX; 4];
+        assert_eq!(masked(&id, 0), [0; 4]);
+        assert_eq!(masked(&id, 1), [1 << 63, 0, 0, 0]);
+        assert_eq!(masked(&id, 64), [u64::MAX, 0, 0, 0]);
+        assert_eq!(masked(&id, 65), [u64::MAX, 1 << 63, 0, 0]);
+        assert_eq!(masked(&id, 256), id);
+        for level in 0..=8 {
+            assert_eq!(masked_level(&id, level), masked(&id, 32 * level));
+        }
+        assert_eq!(significant_bits(&[0; 4]), 0);
+        assert_eq!(significant_bits(&[1 << 63, 0, 0, 0]), 1);
+        assert_eq!(significant_bits(&[0, 0, 0, 1]), 256);
+        assert_eq!(significant_bits(&[0, 1 << 32, 0, 0]), 96);
+    }
+
+    #[test]
+    fn entries_are_found_by_full_key_and_length() {
+        let mut t = Slots::with_room(3);
+        let a = [7 << 60, 0, 0, 0]; // masked at 32 and 64 bits
+        t.entry(&a, 32, u32::MAX).rule = 1;
+        t.entry(&a, 64, u32::MAX).rule = 2;
+        t.entry(&a, 32, u32::MAX).sub = 4; // same entry again
+        assert_eq!(t.find(&a, 32).map(|s| (s.rule, s.sub)), Some((1, 4)));
+        assert_eq!(t.find(&a, 64).map(|s| s.rule), Some(2));
+        assert!(t.find(&a, 96).is_none());
+        assert!(t.find(&[8 << 60, 0, 0, 0], 32).is_none());
+        assert_eq!(t.probe(&[8 << 60, 0, 0, 0], 32), t.spare());
+        assert_eq!(t.at(t.probe(&a, 64)).rule, 2);
+    }
+}
