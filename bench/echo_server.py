@@ -9,10 +9,11 @@ else: no etcd, no validation, no view, no history. `Register` (and each
 registration on a `RegisterStream`) encodes one DELTAS message with the
 instance as given, offers the same bytes to every watch stream's queue and
 answers at once; each watch handler writes what its queue holds, one message
-per write, and reads the subscriber's acks. That is the least any Python
-(grpc.aio) registry must do per registration and per delivery, so what it
-achieves with the same clients on the same machine is the floor under the
-registry's figures: the difference is what the registry itself costs.
+per write, and reads the subscriber's acks. Per registration that is the
+least any Python (grpc.aio) registry must do, so its throughput with the same
+clients on the same machine bounds the registry's. Its fan-out is the naive
+one (a write per message; the registry merges a backlog into fewer writes),
+so for propagation it is a reference point rather than a floor.
 
 Unbounded queues (the baseline never disconnects a slow subscriber);
 revisions are a counter from 1.
