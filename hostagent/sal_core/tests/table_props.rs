@@ -115,6 +115,56 @@ proptest! {
     }
 
     #[test]
+    fn lookup_batch_agrees_with_lookup(
+        bases in prop::array::uniform4(any::<[u8; 32]>()),
+        specs in prop::collection::vec((spliced_id(), prefix_len()), 0..120),
+        queries in prop::collection::vec(spliced_id(), 0..80),
+        cuts in prop::collection::vec(0usize..40, 1..8),
+    ) {
+        let mut rules = BTreeMap::new();
+        if specs.len() % 3 == 0 {
+            rules.insert(ServicePrefix::root(), Rule::Demux(0));
+        }
+        for ((base, tail, cut), len) in &specs {
+            let p = ServicePrefix::new(splice(&bases[*base], tail, *cut), *len).unwrap();
+            rules.insert(p, Rule::Demux(0));
+        }
+        let prefixes: Vec<ServicePrefix> = rules.keys().copied().collect();
+        let t = ServiceTable::new();
+        t.apply(TableConfig { generation: 1, rules: rules.into_iter().collect() }).unwrap();
+        let snap = t.snapshot();
+        // Random IDs, interleaved with stored prefixes themselves.
+        let ids: Vec<[u8; 32]> = queries
+            .iter()
+            .zip(prefixes.iter().cycle().map(|p| *p.bytes()).chain(std::iter::repeat([0; 32])))
+            .flat_map(|((base, tail, cut), exact)| [splice(&bases[*base], tail, *cut), exact])
+            .collect();
+        // The whole list in one call, then in calls of the lengths in `cuts`
+        // (0, 1, and non-multiples of the group size included).
+        let mut out = vec![None; ids.len()];
+        snap.lookup_batch(&ids, &mut out);
+        let mut rest: &[[u8; 32]] = &ids;
+        let mut pieces = vec![];
+        for &n in cuts.iter().cycle().take(2 * cuts.len()) {
+            let (head, tail) = rest.split_at(n.min(rest.len()));
+            let mut piece = vec![None; head.len()];
+            snap.lookup_batch(head, &mut piece);
+            pieces.extend(piece);
+            rest = tail;
+        }
+        let mut last = vec![None; rest.len()];
+        snap.lookup_batch(rest, &mut last);
+        pieces.extend(last);
+        prop_assert_eq!(pieces.len(), ids.len());
+        for ((id, got), piece) in ids.iter().zip(&out).zip(&pieces) {
+            let single = snap.lookup(id).map(|e| *e.prefix());
+            prop_assert_eq!(got.map(|e| *e.prefix()), single);
+            prop_assert_eq!(piece.map(|e| *e.prefix()), single);
+            prop_assert_eq!(single, naive(&prefixes, id));
+        }
+    }
+
+    #[test]
     fn maglev_share_follows_weight(weights in prop::collection::vec(1u32..=10, 2..7)) {
         let targets: Vec<(usize, u32)> = weights.iter().copied().enumerate().collect();
         let t = forward_table(&targets);

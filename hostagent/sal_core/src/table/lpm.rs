@@ -40,14 +40,20 @@
 //!
 //! **Complexity.** Lookup: ≤ 8 aligned probes (usually 1–2) + one probe per
 //! remainder under N (usually 0–1), each expected O(1) at load ≤ ¾; no locks,
-//! no allocation. `find_exact`: one probe. Build: O(n) expected, plus one
+//! no allocation (`batch`: the same lookup over many IDs with their cache
+//! misses overlapped). `find_exact`: one probe. Build: O(n) expected, plus one
 //! bounded lookup per marker. Space: 50 bytes (48-byte entry + 2-byte tag)
 //! × the next power of two ≥ 4/3 × (entries + markers), i.e. 67–133 bytes
 //! per prefix, plus 514 bytes.
 
+mod batch;
+
+pub(crate) use batch::BATCH;
+
 use super::error::TableError;
 use super::prefix::ServicePrefix;
-use super::slots::{masked, masked_level, significant_bits, words, Slots, Words};
+use super::slots::Slots;
+use super::words::{masked, masked_level, significant_bits, words, Words};
 
 /// Rule index meaning "none".
 const NO_RULE: u32 = (1 << 26) - 1;
@@ -149,13 +155,19 @@ impl Lpm {
         if u32::from(node.len) != len || node.key != key {
             return self.lookup_general(id, levels);
         }
-        let base = len;
-        if node.sub != 0 {
-            if let Some(rule) = self.match_remainder(id, base, node.sub) {
+        self.under_node(id, len, node.best, node.sub)
+    }
+
+    /// The answer given N (module doc): the longest remainder `base + r`
+    /// (r in `sub`) matching `id`, else `best`.
+    #[inline(always)]
+    fn under_node(&self, id: &Words, base: u32, best: u32, sub: u32) -> Option<u32> {
+        if sub != 0 {
+            if let Some(rule) = self.match_remainder(id, base, sub) {
                 return Some(rule);
             }
         }
-        (node.best != NO_RULE).then_some(node.best)
+        (best != NO_RULE).then_some(best)
     }
 
     /// The longest entry of length `base + r` (r in `sub`) matching `id`.
@@ -184,12 +196,7 @@ impl Lpm {
                 break;
             }
         }
-        if sub != 0 {
-            if let Some(rule) = self.match_remainder(id, base, sub) {
-                return Some(rule);
-            }
-        }
-        (best != NO_RULE).then_some(best)
+        self.under_node(id, base, best, sub)
     }
 
     /// Adds one prefix: aligned → its own entry; otherwise an entry for it

@@ -10,8 +10,9 @@
 //! [`DelayQueue`] until the control plane settles it.
 //!
 //! Modules: `prefix` (IDs and prefixes), `rules` (config form), `lpm` (the
-//! index), `slots` (its hash table), `pages` (huge-page memory), `hrw` and
-//! `maglev` (consistent hashing), `forward` (tiers and choice),
+//! index, with its batched lookup in `lpm/batch.rs`), `slots` (its hash
+//! table), `words` (256-bit arithmetic), `pages` (huge-page memory), `hrw`
+//! and `maglev` (consistent hashing), `forward` (tiers and choice),
 //! `counters`, `version` (one immutable table), `build` (config → version),
 //! `handle` (atomic swap), `delay` (pending set-ups), `error`.
 
@@ -29,6 +30,7 @@ mod prefix;
 mod rules;
 mod slots;
 mod version;
+mod words;
 
 pub use build::TableConfig;
 pub use counters::{Counter, CountersSnapshot, RuleCounts, TargetCounts};
@@ -40,4 +42,4 @@ pub use lpm::MAX_RULES;
 pub use maglev::{flow_key_from_bytes, splitmix64, MAX_TARGETS};
 pub use prefix::{ServicePrefix, ID_BITS};
 pub use rules::{canonical_addr, Rule, RuleKind, Target};
-pub use version::{Action, RuleEntry, Table, Verdict};
+pub use version::{Action, RuleEntry, Table, Verdict, LOOKUP_BATCH};

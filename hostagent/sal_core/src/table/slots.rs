@@ -1,5 +1,5 @@
-//! The one open-addressing hash table behind the LPM index, and the 256-bit
-//! word arithmetic it needs (masking, significant length, hashing).
+//! The one open-addressing hash table behind the LPM index (the 256-bit
+//! word arithmetic it uses is in `words`).
 //!
 //! Contract: a [`Slots`] table maps `(masked 256-bit key, length)` to one
 //! [`Slot`]; it is filled once at build time (`entry`) and then only read
@@ -16,10 +16,7 @@
 //! but never insert, so an adversary can only choose which chains to probe.
 
 use super::pages::{Zeroable, ZeroedSlice};
-use crate::service_id::ID_BYTES;
-
-/// A 256-bit ID as four big-endian words, most significant first.
-pub(crate) type Words = [u64; 4];
+use super::words::{masked, Words};
 
 /// One entry, 48 bytes, kept in a dense array (no empty entries).
 #[derive(Clone, Copy, Default)]
@@ -108,7 +105,12 @@ impl Slots {
     /// a fingerprint-only match falls back to [`Slots::find`]. Expected O(1).
     #[inline(always)]
     pub(crate) fn probe(&self, key: &Words, len: u32) -> usize {
-        let h = hash(key, len);
+        self.probe_hashed(hash(key, len))
+    }
+
+    /// `probe` given `h = hash(key, len)` (see [`hash`]).
+    #[inline(always)]
+    pub(crate) fn probe_hashed(&self, h: u64) -> usize {
         let home = self.home(h);
         let t = &self.tags[home..home + GROUP];
         let group =
@@ -171,6 +173,19 @@ impl Slots {
         }
     }
 
+    /// Asks the CPU to start loading the tags `probe_hashed(h)` reads first.
+    #[inline(always)]
+    pub(crate) fn prefetch_tags(&self, h: u64) {
+        let home = self.home(h);
+        prefetch(&self.tags[home..home + GROUP]);
+    }
+
+    /// Asks the CPU to start loading the entry at `position` (from `probe`).
+    #[inline(always)]
+    pub(crate) fn prefetch_entry(&self, position: usize) {
+        prefetch(&self.entries[position]);
+    }
+
     /// Bytes held by the table (tags and entries).
     pub(crate) fn memory_bytes(&self) -> usize {
         std::mem::size_of_val(&*self.tags) + std::mem::size_of_val(&*self.entries)
@@ -180,6 +195,23 @@ impl Slots {
     fn home(&self, hash: u64) -> usize {
         (hash >> self.shift) as usize & self.wrap
     }
+}
+
+/// Hints the CPU to load every cache line of `item` into L1 (a software
+/// prefetch: no effect on results; a no-op on other architectures).
+#[inline(always)]
+fn prefetch<T: ?Sized>(item: &T) {
+    let first = (item as *const T).cast::<i8>();
+    let last = first.wrapping_add(std::mem::size_of_val(item).max(1) - 1);
+    #[cfg(target_arch = "x86_64")]
+    for line in [first, last] {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is only a hint: it never faults and has no
+        // architectural effect, whatever the address (here: inside `item`).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (first, last);
 }
 
 /// Tags read at once by `probe`.
@@ -202,70 +234,9 @@ fn fingerprint(hash: u64) -> u16 {
     hash as u16 | 1
 }
 
-/// The 32 bytes of an ID as four big-endian words.
-#[inline(always)]
-pub(crate) fn words(bytes: &[u8; ID_BYTES]) -> Words {
-    let word = |i: usize| u64::from_be_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-    [word(0), word(1), word(2), word(3)]
-}
-
-/// `id` with every bit at position `len` (0..=256) or later cleared.
-#[inline(always)]
-pub(crate) fn masked(id: &Words, len: u32) -> Words {
-    let keep = |i: u32| {
-        let bits = len.saturating_sub(64 * i).min(64);
-        id[i as usize] & u64::MAX.checked_shl(64 - bits).unwrap_or(0)
-    };
-    [keep(0), keep(1), keep(2), keep(3)]
-}
-
-/// `id` masked to the aligned length `32 * level` (level 0..=8), by table.
-#[inline(always)]
-pub(crate) fn masked_level(id: &Words, level: u32) -> Words {
-    let m = &LEVEL_MASKS[level as usize];
-    [id[0] & m[0], id[1] & m[1], id[2] & m[2], id[3] & m[3]]
-}
-
-/// The four word masks of each aligned length 32k.
-const LEVEL_MASKS: [Words; 9] = {
-    let mut masks = [[0u64; 4]; 9];
-    let mut level = 0;
-    while level < 9 {
-        let mut w = 0;
-        while w < 4 {
-            let bits = 32 * level as i64 - 64 * w as i64;
-            masks[level][w] = if bits >= 64 {
-                u64::MAX
-            } else if bits <= 0 {
-                0
-            } else {
-                u64::MAX << (64 - bits)
-            };
-            w += 1;
-        }
-        level += 1;
-    }
-    masks
-};
-
-/// Significant length: bits up to and including the last 1 bit (256 minus
-/// the trailing zeros of the 256-bit value); 0 for the all-zero ID.
-#[inline(always)]
-pub(crate) fn significant_bits(id: &Words) -> u32 {
-    let nonzero = u32::from(id[0] != 0)
-        | u32::from(id[1] != 0) << 1
-        | u32::from(id[2] != 0) << 2
-        | u32::from(id[3] != 0) << 3;
-    if nonzero == 0 {
-        return 0;
-    }
-    let last = 31 - nonzero.leading_zeros();
-    64 * last + 64 - id[last as usize].trailing_zeros()
-}
-
 /// Fixed mix of a masked key and its length (see the module doc).
 #[inline(always)]
-fn hash(key: &Words, len: u32) -> u64 {
+pub(crate) fn hash(key: &Words, len: u32) -> u64 {
     const K: [u64; 5] = [
         0x9E37_79B9_7F4A_7C15,
         0xC2B2_AE3D_27D4_EB4F,
@@ -283,23 +254,6 @@ fn hash(key: &Words, len: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn word_helpers() {
-        let id = [u64::MAX; 4];
-        assert_eq!(masked(&id, 0), [0; 4]);
-        assert_eq!(masked(&id, 1), [1 << 63, 0, 0, 0]);
-        assert_eq!(masked(&id, 64), [u64::MAX, 0, 0, 0]);
-        assert_eq!(masked(&id, 65), [u64::MAX, 1 << 63, 0, 0]);
-        assert_eq!(masked(&id, 256), id);
-        for level in 0..=8 {
-            assert_eq!(masked_level(&id, level), masked(&id, 32 * level));
-        }
-        assert_eq!(significant_bits(&[0; 4]), 0);
-        assert_eq!(significant_bits(&[1 << 63, 0, 0, 0]), 1);
-        assert_eq!(significant_bits(&[0, 0, 0, 1]), 256);
-        assert_eq!(significant_bits(&[0, 1 << 32, 0, 0]), 96);
-    }
 
     #[test]
     fn entries_are_found_by_full_key_and_length() {

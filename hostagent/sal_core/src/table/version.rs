@@ -3,18 +3,23 @@
 //! A [`Table`] never changes after it is built; the handle
 //! ([`ServiceTable`](super::ServiceTable)) swaps whole tables. Every method
 //! takes `&self`, locks nothing and allocates nothing on the lookup path
-//! (`lookup`, `resolve`, `RuleEntry::choose`); only `resolve` bumps counters.
+//! (`lookup`, `lookup_batch`, `resolve`, `RuleEntry::choose`); only
+//! `resolve` bumps counters.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::counters::{Counter, CountersSnapshot, RuleCounts};
 use super::forward::ForwardSet;
-use super::lpm::Lpm;
+use super::lpm::{Lpm, BATCH};
 use super::pages::HugeVec;
 use super::prefix::ServicePrefix;
 use super::rules::{Rule, RuleKind, Target};
 use crate::service_id::ID_BYTES;
+
+/// IDs [`Table::lookup_batch`] resolves together (its group size); any
+/// batch length works, multiples of this waste nothing.
+pub const LOOKUP_BATCH: usize = BATCH;
 
 /// The built action of a rule.
 pub enum Action {
@@ -204,6 +209,25 @@ impl Table {
     pub fn lookup(&self, id: &[u8; ID_BYTES]) -> Option<&RuleEntry> {
         let index = self.content.lpm.lookup(id)?;
         Some(&self.content.entries[index as usize])
+    }
+
+    /// `out[i] = self.lookup(&ids[i])` for every i, resolving up to
+    /// [`LOOKUP_BATCH`] IDs at a time with their memory reads overlapped
+    /// (much faster than one by one when the table exceeds the cache). Pure;
+    /// no allocation: `out` is the caller's (e.g. `[None; 32]` per burst).
+    ///
+    /// # Panics
+    /// If `out` and `ids` differ in length.
+    pub fn lookup_batch<'t>(&'t self, ids: &[[u8; ID_BYTES]], out: &mut [Option<&'t RuleEntry>]) {
+        assert_eq!(ids.len(), out.len(), "one output slot per ID");
+        let mut index = [None; LOOKUP_BATCH];
+        for (ids, out) in ids.chunks(LOOKUP_BATCH).zip(out.chunks_mut(LOOKUP_BATCH)) {
+            let index = &mut index[..ids.len()];
+            self.content.lpm.lookup_batch(ids, index);
+            for (slot, i) in out.iter_mut().zip(index.iter()) {
+                *slot = i.map(|i| &self.content.entries[i as usize]);
+            }
+        }
     }
 
     /// The rule stored for exactly `prefix`, if any.
