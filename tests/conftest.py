@@ -1,4 +1,4 @@
-"""Shared pytest set-up: real-etcd fixtures and the leaked-task check."""
+"""Shared pytest set-up: real-etcd and network-namespace fixtures, and the leaked-task check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest_plugins = ["tests.support.etcd"]
+pytest_plugins = ["tests.support.etcd", "tests.support.netns"]
 
 
 @pytest.fixture(autouse=True)

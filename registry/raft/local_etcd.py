@@ -107,7 +107,7 @@ class LocalEtcdMember:
         self._token = token
         self._settings = settings
         self._binary = binary
-        self._child = ChildProcess(name, [], member_dir / "etcd.log", env=_child_env())
+        self._child = ChildProcess(name, [], member_dir / "etcd.log", env=etcd_env())
 
     @property
     def client_endpoint(self) -> str:
@@ -174,28 +174,58 @@ class LocalEtcdMember:
         return self._child.log_tail(lines)
 
     def _command(self, state: str) -> list[str]:
-        s = self._settings
-        flags = {
-            "name": self.name,
-            "data-dir": str(self.member_dir / "data"),
-            "listen-client-urls": self.client_url,
-            "advertise-client-urls": self.client_url,
-            "listen-peer-urls": self.peer_url,
-            "initial-advertise-peer-urls": self.peer_url,
-            "initial-cluster": self._initial_cluster,
-            "initial-cluster-state": state,
-            "initial-cluster-token": self._token,
-            "heartbeat-interval": str(s.heartbeat_interval_ms),
-            "election-timeout": str(s.election_timeout_ms),
-            "quota-backend-bytes": str(s.quota_backend_bytes),
-            "max-txn-ops": str(s.max_txn_ops),
-            "snapshot-count": str(s.snapshot_count),
-            "experimental-watch-progress-notify-interval": f"{int(s.watch_progress_interval_s * 1000)}ms",
-            "logger": "zap",
-            "log-outputs": "stderr",
-            "log-level": s.log_level,
-        }
-        return [self._binary, *(f"--{flag}={value}" for flag, value in flags.items())]
+        return etcd_command(
+            binary=self._binary,
+            name=self.name,
+            data_dir=self.member_dir / "data",
+            client_url=self.client_url,
+            peer_url=self.peer_url,
+            initial_cluster=self._initial_cluster,
+            state=state,
+            token=self._token,
+            settings=self._settings,
+        )
+
+
+def etcd_command(
+    *,
+    binary: str,
+    name: str,
+    data_dir: pathlib.Path,
+    client_url: str,
+    peer_url: str,
+    initial_cluster: str,
+    state: str,
+    token: str,
+    settings: EtcdSettings,
+) -> list[str]:
+    """The argv of one etcd member (pure); every setting is an explicit flag, logs go to stderr.
+
+    Also used to run members elsewhere than on loopback, e.g. inside network
+    namespaces (`deploy.netns`); run it with `etcd_env()`.
+    """
+    s = settings
+    flags = {
+        "name": name,
+        "data-dir": str(data_dir),
+        "listen-client-urls": client_url,
+        "advertise-client-urls": client_url,
+        "listen-peer-urls": peer_url,
+        "initial-advertise-peer-urls": peer_url,
+        "initial-cluster": initial_cluster,
+        "initial-cluster-state": state,
+        "initial-cluster-token": token,
+        "heartbeat-interval": str(s.heartbeat_interval_ms),
+        "election-timeout": str(s.election_timeout_ms),
+        "quota-backend-bytes": str(s.quota_backend_bytes),
+        "max-txn-ops": str(s.max_txn_ops),
+        "snapshot-count": str(s.snapshot_count),
+        "experimental-watch-progress-notify-interval": f"{int(s.watch_progress_interval_s * 1000)}ms",
+        "logger": "zap",
+        "log-outputs": "stderr",
+        "log-level": s.log_level,
+    }
+    return [binary, *(f"--{flag}={value}" for flag, value in flags.items())]
 
 
 class LocalEtcdCluster:
@@ -280,7 +310,7 @@ class LocalEtcdCluster:
         self.stop()
 
 
-def _child_env() -> dict[str, str]:
+def etcd_env() -> dict[str, str]:
     """The environment without ETCD_* settings (etcd refuses env vars that shadow flags)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_") or k == "ETCD_UNSUPPORTED_ARCH"}
     if platform.machine() in ("aarch64", "arm64"):
