@@ -2,6 +2,7 @@
 
     serval up                      the complete local cluster (foreground)
     serval registry ...            run a registry replica
+    serval agent ...               run the host agent
     serval register|deregister|drain|weight|resolve|list|watch|status ...
 
 `serval <command> --help` documents each command.
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from deploy import local_cluster
+from hostagent.agent import cli as agent_cli
 from registry import __version__
 from registry import cli as registry_cli
 
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local_cluster.add_command(sub)
     registry_cli.add_commands(sub)
+    agent_cli.add_command(sub)
     return parser
 
 

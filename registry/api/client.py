@@ -343,13 +343,17 @@ async def keep_session_alive(client: RegistryClient, lease_id: int, interval: fl
     error once the lease has expired (its instances are gone: register again).
     """
 
-    async def beats() -> AsyncIterator[pb.KeepAliveRequest]:
-        while True:
+    async def beats(stop: asyncio.Event) -> AsyncIterator[pb.KeepAliveRequest]:
+        while not stop.is_set():
             yield pb.KeepAliveRequest(lease_id=lease_id)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     while True:
-        call = client.stub().KeepAlive(beats())
+        # `stop` ends the request iterator too: grpc does not cancel its consumer task
+        # when the call has already ended (e.g. with NOT_FOUND), so it would linger.
+        stop = asyncio.Event()
+        call = client.stub().KeepAlive(beats(stop))
         try:
             async for _ in call:
                 pass
@@ -359,4 +363,5 @@ async def keep_session_alive(client: RegistryClient, lease_id: int, interval: fl
             await client.failover()
             await asyncio.sleep(min(interval, 0.2))
         finally:
+            stop.set()
             call.cancel()

@@ -1,0 +1,253 @@
+"""The `serval agent` process: every part wired into one asyncio loop.
+
+Start order (each step needs the previous ones):
+ 1. the data path (binds the SAL listeners; `open_datapath` or an injected factory);
+ 2. the host's addresses, read once and reported with `address_added`;
+ 3. the registry session (lease) and the host record on it;
+ 4. background tasks: lease keep-alive, registry watch → mirror, the
+    debounced reconciler (an initial, empty table is applied at once), the
+    data-path event pump, the address poller;
+ 5. the local API socket (apps can now listen/connect);
+ 6. the metrics HTTP server (if a port is configured).
+
+Stop order is the reverse, so nothing serves on a half-stopped agent:
+metrics → address poller → local API (every listener is closed:
+unlisten + deregister) → event pump (drains the poll in flight) → lease
+keep-alive, host record deregistered, lease revoked → registry watch and
+reconciler → registry client → data path `shutdown()` then `join()`.
+
+`run()` returns when `request_stop()` is called, and raises when a
+background task fails (e.g. a non-retryable registry error): an agent that
+cannot do its job stops instead of serving a stale table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostagent.agent.control import Control
+from hostagent.agent.datapath import DatapathConfig, DatapathPort, open_datapath
+from hostagent.agent.desired import Locality, desired_rules
+from hostagent.agent.events import Endpoint, EventPump
+from hostagent.agent.host_record import HostRecord
+from hostagent.agent.interfaces import AddressPoller, Reader, advertised_addresses, read_host_addresses
+from hostagent.agent.listeners import HostIdentity
+from hostagent.agent.local_api import LocalApi
+from hostagent.agent.metrics import AgentGauges, MetricsServer, make_registry
+from hostagent.agent.reconcile import Reconciler
+from hostagent.agent.registry_link import RegistryLink
+from hostagent.agent.session import RegistrySession
+from hostagent.localproto import DEFAULT_SOCKET
+from hostagent.sal_core.table import Rule
+from registry import __version__
+from registry.api.client import RegistryClient
+
+log = logging.getLogger(__name__)
+
+DatapathFactory = Callable[[DatapathConfig], DatapathPort]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything `serval agent` is configured with (see `deploy/cli.py` for the flags)."""
+
+    registry: Sequence[str]
+    agent_id: str
+    zone: str = ""
+    region: str = ""
+    socket_path: Path = Path(DEFAULT_SOCKET)
+    socket_group: str | None = None
+    sal_listen: tuple[Endpoint, ...] = (("0.0.0.0", 0),)
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    address_poll: float = 1.0
+    lease_ttl: int = 10
+    keepalive_interval: float = 2.0
+    debounce: float = 0.05
+
+
+class Agent:
+    """One host agent. `start()`/`stop()` or `run()`; the parts are attributes for status and tests."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        datapath_factory: DatapathFactory = open_datapath,
+        address_reader: Reader = read_host_addresses,
+    ) -> None:
+        self.config = config
+        self.datapath_factory = datapath_factory
+        self.poller = AddressPoller(self._addresses_changed, config.address_poll, address_reader)
+        self.client = RegistryClient(list(config.registry))
+        self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
+        self.link = RegistryLink(self.client, f"agent/{config.agent_id}", self._changed, self._progress)
+        self.host_record = HostRecord(self.session, __version__)
+        self.metrics: MetricsServer | None = None
+        self.metrics_port = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._datapath: DatapathPort | None = None
+        self._control: Control | None = None
+        self._reconciler: Reconciler | None = None
+        self._pump: EventPump | None = None
+        self._api: LocalApi | None = None
+
+    # Parts that exist once `start()` ran.
+    @property
+    def datapath(self) -> DatapathPort:
+        assert self._datapath is not None, "start() first"
+        return self._datapath
+
+    @property
+    def control(self) -> Control:
+        assert self._control is not None, "start() first"
+        return self._control
+
+    @property
+    def reconciler(self) -> Reconciler:
+        assert self._reconciler is not None, "start() first"
+        return self._reconciler
+
+    async def start(self) -> None:
+        """Start every part in the documented order; on failure stop what started, then raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        dp = self._datapath = self.datapath_factory(DatapathConfig(sal_listen=cfg.sal_listen))
+        for ip in sorted(self.poller.prime()):
+            dp.address_added(ip)
+        host = self._host_identity(self.poller.current)
+        self._reconciler = Reconciler(dp, self._desired, cfg.debounce)
+        self._control = Control(dp, self.session, self._reconciler, host, lambda: self.link.mirror)
+        self._pump = EventPump(dp, self._control)
+        await self.host_record.publish(host)
+        self._reconciler.reconcile_now()
+        self._spawn("keepalive", self.session.run())
+        self._spawn("watch", self.link.run())
+        self._spawn("reconcile", self._reconciler.run())
+        self._spawn("pump", self._pump.run())
+        self._spawn("addresses", self.poller.run())
+        self._api = LocalApi(self._control, cfg.socket_path, cfg.socket_group)
+        self._api.open()
+        self._spawn("local_api", self._api.serve())
+        if cfg.metrics_port is not None:
+            self.metrics = MetricsServer(make_registry(self._gauges()), cfg.metrics_addr, cfg.metrics_port)
+            self.metrics_port = self.metrics.start()
+        log.info("agent %s up: SAL %s, socket %s", cfg.agent_id, dp.sal_addresses(), cfg.socket_path)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, serve until `request_stop()` or a background failure, stop; re-raise a failure."""
+        await self.start()
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([stopper, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+            failed = {n: t.exception() for n, t in self._tasks.items() if t.done() and not t.cancelled()}
+            await self.stop()
+        for name, error in failed.items():
+            raise RuntimeError(f"agent task {name!r} ended") from error
+
+    async def stop(self) -> None:
+        """Stop in the documented order; safe on a partly started agent and when called twice."""
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        await self._cancel("addresses", "local_api")
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+        if self._pump is not None:
+            self._pump.stop()
+            await asyncio.gather(*self._take("pump"), return_exceptions=True)  # ends by itself
+        await self._cancel("keepalive")
+        with contextlib.suppress(Exception):
+            await self.host_record.withdraw()
+        await self.session.close()
+        await self._cancel(*self._tasks)
+        await self.client.close()
+        if self._datapath is not None:
+            self._datapath.shutdown()
+            await asyncio.to_thread(self._datapath.join, 2000)
+            self._datapath = None
+
+    # ---- wiring --------------------------------------------------------------
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks[name] = asyncio.create_task(coro, name=f"agent-{name}")
+
+    def _take(self, *names: str) -> list[asyncio.Task[None]]:
+        return [t for t in (self._tasks.pop(n, None) for n in names) if t is not None]
+
+    async def _cancel(self, *names: str) -> None:
+        tasks = self._take(*names)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _desired(self) -> tuple[list[Rule], int]:
+        here = Locality(self.config.zone, self.config.region)
+        revision = self.link.mirror_revision
+        return desired_rules(self.link.mirror.instances.values(), here, self.control.listeners), revision
+
+    def _changed(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.request()
+
+    def _progress(self, revision: int) -> None:
+        if self._reconciler is not None:
+            self._reconciler.note_progress(revision)
+
+    def _host_identity(self, addresses: frozenset[str]) -> HostIdentity:
+        bound = self.datapath.sal_addresses()
+        if not bound:
+            raise RuntimeError("the data path has no SAL listener")
+        cfg = self.config
+        return HostIdentity(
+            agent_id=cfg.agent_id,
+            addresses=advertised_addresses(bound, addresses),
+            sal_port=bound[0][1],
+            zone=cfg.zone,
+            region=cfg.region,
+            ttl_seconds=cfg.lease_ttl,
+        )
+
+    async def _addresses_changed(self, added: frozenset[str], removed: frozenset[str]) -> None:
+        for ip in sorted(removed):
+            self.datapath.address_removed(ip)
+        for ip in sorted(added):
+            self.datapath.address_added(ip)
+        host = self._host_identity(self.poller.current)
+        if not host.addresses:
+            log.warning("the host has no usable address left; keeping the registered ones")
+            return
+        if host != self.control.host:
+            await self.control.set_host(host)
+            await self.host_record.publish(host)
+
+    def _gauges(self) -> AgentGauges:
+        dp, rec = self.datapath, self.reconciler
+        return AgentGauges(
+            datapath_stats=dp.stats,
+            applied_revision=lambda: rec.applied_revision,
+            mirror_revision=lambda: self.link.mirror_revision,
+            table_generation=lambda: rec.generation,
+            table_rules=lambda: len(rec.rules),
+            listeners=lambda: len(self.control.listeners),
+            registry_reconnects=lambda: self.link.reconnects,
+        )

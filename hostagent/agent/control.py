@@ -1,0 +1,175 @@
+"""The agent's domain operations behind the local API, and the data-path event handler.
+
+`Control` owns the listeners, the connects in flight and the host identity;
+the local API (`local_api.py`) only parses requests and calls it. Order of
+effects:
+
+- `listen(name, deliver)`: validate → allocate the listener id →
+  `datapath.listen(id)` → register the instance on the agent's lease → ask
+  for a table pass and wait for it (so the DEMUX rule is in force when the
+  app hears "ok"). A registry failure undoes the first two steps.
+- `unlisten(id)`: forget the listener → `datapath.unlisten(id)` → table pass
+  → deregister (a registry failure is logged: the lease still bounds the
+  record's life).
+- `connect(name, timeout)`: validate → `socketpair()` → hand one end to
+  `datapath.connect` (which owns it from then on) → wait for
+  Connected/ConnectFailed (the data path's deadline plus `CONNECT_GRACE`) →
+  the app's end, or `ConnectFailure` with the contract's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from hostagent.agent.datapath import DatapathPort
+from hostagent.agent.desired import sal_port
+from hostagent.agent.events import Accepted, Connected, ConnectFailed, Delayed, Overflow
+from hostagent.agent.listeners import Deliver, HostIdentity, Listeners, listener_instance
+from hostagent.agent.reconcile import Reconciler
+from hostagent.agent.session import Registrar
+from registry import names
+from registry.api.client import Mirror
+
+log = logging.getLogger(__name__)
+
+CONNECT_GRACE = 1.0
+MAX_CONNECT_TIMEOUT = 300.0
+
+
+class ConnectFailure(Exception):
+    """A connect that failed; the message names the service and what was tried."""
+
+
+def failure_message(name: str, event: ConnectFailed) -> str:
+    """``name: reason; tried ip:port (why), ...`` (the contract's error text)."""
+    tried = [_tried(t) for t in event.tried]
+    return f"{name}: {event.reason}" + (f"; tried {', '.join(tried)}" if tried else "")
+
+
+def _tried(entry: str) -> str:
+    target, sep, why = entry.partition(" -> ")
+    return f"{target} ({why})" if sep else entry
+
+
+def format_endpoint(endpoint: tuple[str, int]) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Control:
+    """Listeners, connects in flight and data-path events of one agent (event-loop thread only)."""
+
+    def __init__(
+        self,
+        datapath: DatapathPort,
+        session: Registrar,
+        reconciler: Reconciler,
+        host: HostIdentity,
+        mirror: Callable[[], Mirror],
+    ) -> None:
+        self.datapath = datapath
+        self.session = session
+        self.reconciler = reconciler
+        self.host = host
+        self.mirror = mirror
+        self.listeners = Listeners()
+        self._pending: dict[int, asyncio.Future[Connected | ConnectFailed]] = {}
+        self._request_ids = itertools.count(1)
+
+    # ---- local API operations --------------------------------------------------
+
+    async def listen(self, name: str, deliver: Deliver) -> tuple[int, str]:
+        """Open a listener for `name`; return ``(listener id, service id hex)``. `InvalidName`."""
+        service = names.normalize(name)
+        listener = self.listeners.open(service, deliver)
+        try:
+            self.datapath.listen(listener.listener_id)
+            await self.session.put(listener_instance(self.host, listener))
+        except BaseException:
+            self.listeners.close(listener.listener_id)
+            with contextlib.suppress(Exception):
+                self.datapath.unlisten(listener.listener_id)
+            raise
+        await self.reconciler.settled()
+        return listener.listener_id, names.service_id_hex(service)
+
+    async def unlisten(self, listener_id: int) -> None:
+        listener = self.listeners.close(listener_id)
+        if listener is None:
+            return
+        self.datapath.unlisten(listener_id)
+        self.reconciler.request()
+        instance = listener_instance(self.host, listener)
+        try:
+            await self.session.remove(instance.service, instance.instance_id)
+        except Exception as e:
+            log.warning("deregistering %s failed (its lease still bounds it): %s", instance.key, e)
+
+    async def connect(self, name: str, timeout: float) -> tuple[socket.socket, Connected]:
+        """Set up a flow to `name`; the app's end of the stream. `InvalidName`, `ConnectFailure`."""
+        sid = names.service_id(name)
+        timeout = min(max(timeout, 0.001), MAX_CONNECT_TIMEOUT)
+        app_end, dp_end = socket.socketpair()
+        request_id = next(self._request_ids)
+        fut: asyncio.Future[Connected | ConnectFailed] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            fd = dp_end.detach()
+            try:
+                self.datapath.connect(request_id, sid.raw, fd, int(timeout * 1000))
+            except Exception as e:
+                os.close(fd)  # not taken: a refusing call does not own the fd
+                raise ConnectFailure(f"{names.normalize(name)}: {e}") from e
+            try:
+                result = await asyncio.wait_for(fut, timeout + CONNECT_GRACE)
+            except TimeoutError:
+                raise ConnectFailure(f"{names.normalize(name)}: no answer from the data path") from None
+        except BaseException:
+            app_end.close()
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+        if isinstance(result, ConnectFailed):
+            app_end.close()
+            raise ConnectFailure(failure_message(names.normalize(name), result))
+        return app_end, result
+
+    async def set_host(self, host: HostIdentity) -> None:
+        """The host identity changed (addresses): re-register every listener with it."""
+        self.host = host
+        for listener in list(self.listeners):
+            await self.session.put(listener_instance(host, listener))
+
+    # ---- data-path events (EventHandler) ---------------------------------------------
+
+    def on_connect_result(self, event: Connected | ConnectFailed) -> None:
+        fut = self._pending.get(event.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(event)
+
+    def on_accepted(self, event: Accepted) -> None:
+        deliver = self.listeners.deliverer(event.listener_id)
+        if deliver is None:
+            os.close(event.app_fd)  # the listener closed meanwhile: the flow is refused
+            return
+        deliver(event)
+
+    def on_delayed(self, event: Delayed) -> None:
+        """Hook for DELAY rules: release when the mirror now has SAL-capable instances of the ID."""
+        mirror = self.mirror()
+        known = any(
+            sal_port(i) is not None and names.service_id(i.service).raw == event.service_id
+            for i in mirror.instances.values()
+        )
+        self.datapath.settle_delay(event.request_id, known)
+
+    def on_overflow(self, event: Overflow) -> None:
+        self.reconciler.resync()
+        for listener in self.listeners:
+            self.datapath.listen(listener.listener_id)

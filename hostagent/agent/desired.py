@@ -1,0 +1,128 @@
+"""The desired service table: registry mirror + locality + local listeners → rules. Pure.
+
+Contract of `desired_rules`:
+- FORWARD, one rule per service name that has at least one *SAL-capable*
+  instance (metadata ``serval.sal_port`` holding a port 1..65535). Each
+  address of such an instance becomes a target ``(address, sal_port)`` with
+  the instance's weight (0 while drained: the data path never chooses it) and
+  the table tier ``instance.tier * LOCALITY_RANKS + locality_rank`` where the
+  rank is 0 for the agent's zone, 1 for its region, 2 elsewhere. So a lower
+  registry tier always wins, and within a registry tier nearer targets are
+  used first, farther ones only when every nearer target is gone or drained.
+  The same ``(address, port)`` from several instances (two listeners of one
+  agent) is merged: best table tier, weights of that tier summed (capped).
+- DEMUX, one rule per service name with a local listener, naming the oldest
+  (lowest id) listener of that name; it replaces the name's FORWARD rule, so
+  flows to a name served on this host stay on this host.
+- Services in `exclude` (the agents' own host records) get no rule.
+- Output is sorted by (prefix, prefix_bits): the same inputs give the same list.
+
+`Generations` numbers table contents: the generation only increases when the
+content changes, as the data path's `apply_table` expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from hostagent.sal_core.table import Rule, RuleKind, Target
+from registry import names
+from registry.model import MAX_WEIGHT, Instance
+
+SAL_PORT_KEY = "serval.sal_port"
+AGENTS_SERVICE = "agents.serval"
+LOCALITY_RANKS = 3
+MAX_TARGET_WEIGHT = MAX_WEIGHT * 16
+
+
+@dataclass(frozen=True)
+class Locality:
+    """Where this agent runs; empty strings mean unknown."""
+
+    zone: str = ""
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class LocalListener:
+    """A listener the local API opened: its data-path id and its (normalised) service name."""
+
+    listener_id: int
+    service: str
+
+
+def sal_port(instance: Instance) -> int | None:
+    """The instance's SAL port from its metadata, or None when absent or malformed."""
+    text = instance.metadata.get(SAL_PORT_KEY, "")
+    if not text.isdigit():
+        return None
+    port = int(text)
+    return port if 1 <= port <= 65535 else None
+
+
+def locality_rank(instance: Instance, here: Locality) -> int:
+    """0 = same zone (and not a different region), 1 = same region, 2 = elsewhere or unknown."""
+    same_region = bool(here.region) and instance.region == here.region
+    region_compatible = same_region or not here.region or not instance.region
+    if here.zone and instance.zone == here.zone and region_compatible:
+        return 0
+    return 1 if same_region else 2
+
+
+def desired_rules(
+    instances: Iterable[Instance],
+    here: Locality,
+    listeners: Iterable[LocalListener],
+    exclude: frozenset[str] = frozenset({AGENTS_SERVICE}),
+) -> list[Rule]:
+    """The whole desired table (see the module docstring)."""
+    demux: dict[str, int] = {}
+    for listener in listeners:
+        demux[listener.service] = min(listener.listener_id, demux.get(listener.service, listener.listener_id))
+    targets: dict[str, dict[tuple[str, int], tuple[int, int]]] = {}
+    for inst in instances:
+        port = sal_port(inst)
+        if port is None or inst.service in exclude or inst.service in demux:
+            continue
+        tier = inst.tier * LOCALITY_RANKS + locality_rank(inst, here)
+        merged = targets.setdefault(inst.service, {})
+        for address in inst.addresses:
+            merged[(address, port)] = _merge(merged.get((address, port)), tier, inst.weight)
+    rules = [_rule(name, RuleKind.DEMUX, listener=lid) for name, lid in demux.items()]
+    rules += [_rule(name, RuleKind.FORWARD, _targets(merged)) for name, merged in targets.items()]
+    return sorted(rules, key=lambda r: (r.prefix, r.prefix_bits))
+
+
+def _merge(old: tuple[int, int] | None, tier: int, weight: int) -> tuple[int, int]:
+    if old is None or tier < old[0]:
+        return (tier, weight)
+    if tier > old[0]:
+        return old
+    return (tier, min(old[1] + weight, MAX_TARGET_WEIGHT))
+
+
+def _targets(merged: dict[tuple[str, int], tuple[int, int]]) -> tuple[Target, ...]:
+    return tuple(Target(host, port, weight, tier) for (host, port), (tier, weight) in sorted(merged.items()))
+
+
+def _rule(name: str, kind: RuleKind, targets: Sequence[Target] = (), listener: int | None = None) -> Rule:
+    sid = names.service_id(name)
+    return Rule(sid.raw, sid.prefix_bits, kind, tuple(targets), listener)
+
+
+@dataclass
+class Generations:
+    """Numbers table contents: `advance(rules)` bumps the generation only when they differ."""
+
+    generation: int = 0
+    _last: tuple[Rule, ...] | None = field(default=None, repr=False)
+
+    def advance(self, rules: Sequence[Rule]) -> tuple[int, bool]:
+        """Return ``(generation, changed)`` for `rules`."""
+        content = tuple(rules)
+        if content != self._last:
+            self.generation += 1
+            self._last = content
+            return self.generation, True
+        return self.generation, False

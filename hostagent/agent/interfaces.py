@@ -1,0 +1,95 @@
+"""The host's addresses: a pure diff, the choice of advertised addresses, and a thin poller.
+
+`AddressPoller` reads the interface addresses every `interval` seconds
+(`psutil.net_if_addrs()` by default; injectable) and calls `on_change(added,
+removed)` when the set changed. The first read happens in `prime()` so the
+agent starts with a known set. Reading failures are logged and retried on
+the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+
+import psutil
+
+from hostagent.agent.events import Endpoint
+from registry.model import MAX_ADDRESSES
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[], frozenset[str]]
+OnChange = Callable[[frozenset[str], frozenset[str]], Awaitable[None]]
+
+
+def diff_addresses(old: frozenset[str], new: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """``(added, removed)`` between two address sets."""
+    return new - old, old - new
+
+
+def read_host_addresses() -> frozenset[str]:
+    """Every IPv4/IPv6 address on the host's interfaces (IPv6 zone suffixes stripped)."""
+    out = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                out.add(ipaddress.ip_address(a.address.split("%", 1)[0]).compressed)
+    return frozenset(out)
+
+
+def advertised_addresses(sal_bound: Iterable[Endpoint], host_addresses: Iterable[str]) -> tuple[str, ...]:
+    """The addresses other agents should dial, sorted, at most `MAX_ADDRESSES`.
+
+    The specific IPs the SAL listeners are bound to, when they are; for a
+    wildcard bind the host's addresses without link-local and multicast ones
+    and without loopback unless nothing else is left (a single-host setup).
+    """
+    bound = {ipaddress.ip_address(ip) for ip, _ in sal_bound}
+    specific = sorted((a for a in bound if not a.is_unspecified), key=_order)
+    if specific and len(specific) == len(bound):
+        return tuple(a.compressed for a in specific[:MAX_ADDRESSES])
+    want_v6 = any(a.version == 6 for a in bound)
+    usable = [
+        a
+        for a in map(ipaddress.ip_address, host_addresses)
+        if not (a.is_link_local or a.is_multicast or a.is_unspecified) and (a.version == 4 or want_v6)
+    ]
+    usable += [a for a in specific if a not in usable]
+    chosen = [a for a in usable if not a.is_loopback] or usable
+    return tuple(a.compressed for a in sorted(set(chosen), key=_order)[:MAX_ADDRESSES])
+
+
+def _order(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
+    return (a.version, int(a))
+
+
+class AddressPoller:
+    """Polls `reader` and reports changes to `on_change`; `current` is the last set read."""
+
+    def __init__(self, on_change: OnChange, interval: float = 1.0, reader: Reader = read_host_addresses):
+        self.on_change = on_change
+        self.interval = interval
+        self.reader = reader
+        self.current: frozenset[str] = frozenset()
+
+    def prime(self) -> frozenset[str]:
+        """Read the addresses once without reporting (start-up)."""
+        self.current = self.reader()
+        return self.current
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                new = self.reader()
+            except Exception:
+                log.exception("reading the host's addresses failed")
+                continue
+            added, removed = diff_addresses(self.current, new)
+            if added or removed:
+                self.current = new
+                await self.on_change(added, removed)

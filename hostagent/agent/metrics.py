@@ -1,0 +1,114 @@
+"""Prometheus metrics of the agent (`serval_agent_…`), read at scrape time.
+
+Nothing is counted on a hot path here: a custom collector reads the data
+path's `stats()` and the control plane's state when Prometheus scrapes. The
+collector runs on the HTTP server's thread; `stats()` is thread-safe by
+contract and the control-plane values are plain ints read without locks
+(a scrape may see values a moment apart, never torn ones).
+
+| metric | type | source |
+|---|---|---|
+| `serval_agent_flows_active` | gauge | data path `flows_active` |
+| `serval_agent_flows_opened_total`, `_accepted_total` | counter | data path |
+| `serval_agent_bytes_in_total`, `_bytes_out_total` | counter | data path |
+| `serval_agent_{migrations,failovers,connect_failures,events_dropped}_total` | counter | data path |
+| `serval_agent_applied_revision` | gauge | registry revision of the table in force |
+| `serval_agent_mirror_revision` | gauge | registry revision of the mirror |
+| `serval_agent_table_generation` | gauge | generation of the table in force |
+| `serval_agent_table_rules` | gauge | rules in the table in force |
+| `serval_agent_listeners` | gauge | open local listeners |
+| `serval_agent_registry_reconnects_total` | counter | watch resumptions |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+NAMESPACE = "serval_agent"
+_DATAPATH_COUNTERS = (
+    "flows_opened",
+    "flows_accepted",
+    "bytes_in",
+    "bytes_out",
+    "migrations",
+    "failovers",
+    "connect_failures",
+    "events_dropped",
+)
+
+
+@dataclass
+class AgentGauges:
+    """Readers of the control plane's state, one callable per metric."""
+
+    datapath_stats: Callable[[], dict[str, int]]
+    applied_revision: Callable[[], int]
+    mirror_revision: Callable[[], int]
+    table_generation: Callable[[], int]
+    table_rules: Callable[[], int]
+    listeners: Callable[[], int]
+    registry_reconnects: Callable[[], int]
+
+
+class AgentCollector(Collector):
+    """Turns `AgentGauges` into metric families on each scrape."""
+
+    def __init__(self, gauges: AgentGauges) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        g = self.gauges
+        stats = g.datapath_stats()
+        yield GaugeMetricFamily(f"{NAMESPACE}_flows_active", "Flows open now", stats.get("flows_active", 0))
+        for key in _DATAPATH_COUNTERS:
+            yield CounterMetricFamily(f"{NAMESPACE}_{key}", f"Data path counter {key}", stats.get(key, 0))
+        for name, doc, read in (
+            ("applied_revision", "Registry revision of the table in force", g.applied_revision),
+            ("mirror_revision", "Registry revision of the agent's mirror", g.mirror_revision),
+            ("table_generation", "Generation of the table in force", g.table_generation),
+            ("table_rules", "Rules in the table in force", g.table_rules),
+            ("listeners", "Open local listeners", g.listeners),
+        ):
+            yield GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, read())
+        yield CounterMetricFamily(
+            f"{NAMESPACE}_registry_reconnects", "Registry watch resumptions", g.registry_reconnects()
+        )
+
+
+def make_registry(gauges: AgentGauges) -> CollectorRegistry:
+    """A private registry holding only the agent's collector (no process-global state)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(gauges))
+    return registry
+
+
+class MetricsServer:
+    """`start_http_server` on `(addr, port)` (port 0 = any) with a clean stop."""
+
+    def __init__(self, registry: CollectorRegistry, addr: str = "127.0.0.1", port: int = 0) -> None:
+        self.registry = registry
+        self.addr = addr
+        self.port = port
+        self._server: WSGIServer | None = None
+        self._thread: Thread | None = None
+
+    def start(self) -> int:
+        """Serve in a daemon thread; return the bound port."""
+        self._server, self._thread = start_http_server(self.port, self.addr, registry=self.registry)
+        self.port = int(self._server.server_port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None

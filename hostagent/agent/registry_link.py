@@ -1,0 +1,66 @@
+"""Follows the registry's watch stream into a `Mirror` and asks for reconciliation.
+
+The `RegistryClient` watch already fails over between replicas and resumes
+from the last applied revision; `RegistryLink.run()` only applies each
+message to the mirror and, once the mirror is consistent (never in the
+middle of a snapshot series), calls `on_change()`; a PROGRESS message (no
+change, the view reached a newer revision) calls `on_progress(revision)`. Asking the stream for the
+next message is what acknowledges a revision to the registry (the client's
+`Watch` sends those acks), so the registry's lag figures mean "applied to
+this agent's mirror"; the table follows within the reconciler's debounce
+(see `Reconciler.applied_revision`).
+
+Failure modes: retryable errors are the client's business (it reconnects
+with back-off; `reconnects` counts them); anything else ends `run()` with
+the error, which stops the agent (an agent that cannot follow the registry
+must not keep serving a stale table silently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from registry.api.client import Mirror, RegistryClient, Watch
+from registry.api.v1 import registry_pb2 as pb
+
+
+class RegistryLink:
+    """The mirror of the whole registry as this agent sees it."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        subscriber_id: str,
+        on_change: Callable[[], None],
+        on_progress: Callable[[int], None] = lambda revision: None,
+    ) -> None:
+        self.client = client
+        self.subscriber_id = subscriber_id
+        self.on_change = on_change
+        self.on_progress = on_progress
+        self.mirror = Mirror()
+        self.messages = 0
+        self.synced = False
+        self._watch: Watch | None = None
+
+    @property
+    def mirror_revision(self) -> int:
+        """Revision of the last message applied to the mirror."""
+        return self.mirror.revision
+
+    @property
+    def reconnects(self) -> int:
+        return self._watch.reconnects if self._watch else 0
+
+    async def run(self) -> None:
+        self._watch = self.client.watch(from_revision=0, subscriber_id=self.subscriber_id)
+        async for msg in self._watch:
+            self.mirror.apply(msg)
+            self.messages += 1
+            if msg.kind == pb.WatchResponse.SNAPSHOT:
+                continue  # more of the snapshot follows: the mirror is not consistent yet
+            self.synced = True
+            if msg.kind == pb.WatchResponse.PROGRESS:
+                self.on_progress(self.mirror.revision)
+            else:
+                self.on_change()

@@ -1,0 +1,105 @@
+"""The agent's registry session: one lease for everything it registers.
+
+The host record and every listener's instance hang on one lease, so if the
+agent dies they all vanish together when the lease expires. `RegistrySession`
+remembers what it registered; `run()` keeps the lease alive and, when the
+lease has expired anyway (a long partition), opens a new one and registers
+everything again. Registrations use ``replace=True``: the instance ids are
+this agent's own (an agent restarting under the same id takes over the
+records its previous run left on a still-living lease).
+
+Failure modes: `put`/`remove` raise the registry's gRPC error after the
+client's failover retries; the caller decides (the local API reports it to
+the app). `run()` only returns by cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import grpc
+
+from registry.api.client import RegistryClient, keep_session_alive
+from registry.model import Instance
+
+log = logging.getLogger(__name__)
+
+
+class Registrar(Protocol):
+    """What the control plane needs of a session (the fake in tests records calls)."""
+
+    async def put(self, instance: Instance) -> int: ...
+
+    async def remove(self, service: str, instance_id: str) -> int: ...
+
+
+class RegistrySession:
+    """A lease of `ttl_seconds`, refreshed every `keepalive_interval` seconds by `run()`."""
+
+    def __init__(self, client: RegistryClient, ttl_seconds: int = 10, keepalive_interval: float = 2.0):
+        self.client = client
+        self.ttl_seconds = ttl_seconds
+        self.keepalive_interval = keepalive_interval
+        self.lease_id = 0
+        self.renewals = 0
+        self._registered: dict[tuple[str, str], Instance] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def registered(self) -> dict[tuple[str, str], Instance]:
+        return dict(self._registered)
+
+    async def open(self) -> None:
+        """Grant the lease (`put` calls `open` itself when needed)."""
+        resp = await self.client.open_session(self.ttl_seconds)
+        self.lease_id = int(resp.lease_id)
+
+    async def put(self, instance: Instance) -> int:
+        """Register (or update) `instance` on the lease; return the commit revision."""
+        async with self._lock:
+            if not self.lease_id:
+                await self.open()
+            resp = await self.client.register(instance, lease_id=self.lease_id, replace=True)
+            self._registered[instance.key] = instance
+            return int(resp.revision)
+
+    async def remove(self, service: str, instance_id: str) -> int:
+        """Deregister one instance; return the revision (0 if the registry had nothing)."""
+        async with self._lock:
+            self._registered.pop((service, instance_id), None)
+            try:
+                return await self.client.deregister(service, instance_id)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return 0
+
+    async def run(self) -> None:
+        """Keep the lease alive; after it expired, re-register everything on a new one."""
+        while True:
+            try:
+                await keep_session_alive(self.client, self.lease_id, self.keepalive_interval)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                log.warning("registry lease %x expired: registering everything again", self.lease_id)
+                await self._renew()
+
+    async def _renew(self) -> None:
+        async with self._lock:
+            await self.open()
+            self.renewals += 1
+            for instance in list(self._registered.values()):
+                await self.client.register(instance, lease_id=self.lease_id, replace=True)
+
+    async def close(self) -> None:
+        """Revoke the lease: every instance registered on it is deleted at once."""
+        async with self._lock:
+            self._registered.clear()
+            if self.lease_id:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self.client.close_session(self.lease_id)
+                self.lease_id = 0

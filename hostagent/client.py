@@ -1,0 +1,288 @@
+"""The application library: connect to and listen on Serval names through the local agent.
+
+    from hostagent import client
+    sock = client.connect("payments.prod", timeout=5)        # a connected stream socket
+    with client.listen("payments.prod") as listener:
+        conn, peer = listener.accept()
+
+    reader, writer = await client.open_connection("payments.prod")
+    server = await client.start_server("payments.prod", handle)   # handle(reader, writer)
+
+The agent's socket is the `agent_socket` argument, else `$SERVAL_AGENT_SOCKET`,
+else ``/run/serval/agent.sock``. Streams returned are ordinary sockets: the
+bytes go through the agent's data path, never through this process's agent
+connection. A `Listener` lives as long as its agent connection: closing it
+(or exiting) closes the listener and deregisters the name.
+
+Errors are `ServalError`s: `AgentUnavailable` (no agent answers on the
+socket, or it hung up), `ConnectError` (the name could not be reached; the
+message names the service and the targets tried), `ListenError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from hostagent.localproto import (
+    DEFAULT_SOCKET,
+    SOCKET_ENV,
+    AsyncFdSocket,
+    Framer,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    recv_with_fds,
+)
+
+AGENT_REPLY_GRACE = 2.0
+
+
+class ServalError(Exception):
+    """Base class of the library's errors."""
+
+
+class AgentUnavailable(ServalError):
+    """The local agent cannot be reached (or closed the connection)."""
+
+
+class ConnectError(ServalError):
+    """Connecting to `service` failed; `str()` is the agent's explanation."""
+
+    def __init__(self, service: str, reason: str) -> None:
+        super().__init__(reason if reason.startswith(service) else f"{service}: {reason}")
+        self.service = service
+        self.reason = reason
+
+
+class ListenError(ServalError):
+    """Listening on `service` failed."""
+
+
+def agent_socket_path(agent_socket: str | os.PathLike[str] | None = None) -> str:
+    """The agent socket to use (argument, then ``$SERVAL_AGENT_SOCKET``, then the default)."""
+    return os.fspath(agent_socket) if agent_socket else os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+class _Channel:
+    """A blocking connection to the agent (one request/response at a time, plus events)."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.framer = Framer()
+        try:
+            self.sock.connect(path)
+        except OSError as e:
+            self.sock.close()
+            raise AgentUnavailable(f"no Serval agent at {path}: {e}") from e
+
+    def send(self, message: Message) -> None:
+        try:
+            self.sock.sendall(encode(message))
+        except OSError as e:
+            raise AgentUnavailable(f"the agent connection failed: {e}") from e
+
+    def receive(self) -> tuple[Message, int | None]:
+        while (line := self.framer.next_line()) is None:
+            try:
+                data, fds = recv_with_fds(self.sock)
+            except (OSError, ProtocolError) as e:
+                raise AgentUnavailable(f"the agent connection failed: {e}") from e
+            if not data and not fds:
+                raise AgentUnavailable("the agent closed the connection")
+            self.framer.feed(data, fds)
+        message = decode(line)
+        return message, self.framer.pop_fd() if message.get("fds") else None
+
+    def close(self) -> None:
+        self.framer.close()
+        self.sock.close()
+
+
+def _stream(fd: int | None, what: str) -> socket.socket:
+    if fd is None:
+        raise AgentUnavailable(f"the agent's {what} reply carried no stream")
+    return socket.socket(fileno=fd)
+
+
+def connect(name: str, timeout: float = 5.0, *, agent_socket: str | None = None) -> socket.socket:
+    """A stream socket connected to a listener of `name` (blocking, at most about `timeout` s)."""
+    channel = _Channel(agent_socket_path(agent_socket), timeout + AGENT_REPLY_GRACE)
+    try:
+        channel.send({"op": "connect", "name": name, "timeout": timeout})
+        reply, fd = channel.receive()
+    finally:
+        channel.close()
+    if not reply.get("ok"):
+        raise ConnectError(name, str(reply.get("error", "refused")))
+    return _stream(fd, "connect")
+
+
+class Listener:
+    """A listener on a Serval name; `accept()` returns ``(socket, "ip:port")`` per remote flow."""
+
+    def __init__(self, name: str, channel: _Channel, reply: Message) -> None:
+        self.name = name
+        self.service_id = str(reply.get("service_id", ""))
+        self._channel = channel
+
+    def fileno(self) -> int:
+        """Readable when a flow is waiting (for `select`)."""
+        return self._channel.sock.fileno()
+
+    def accept(self, timeout: float | None = None) -> tuple[socket.socket, str]:
+        """Wait for the next flow (`TimeoutError` after `timeout` s; None = forever)."""
+        self._channel.sock.settimeout(timeout)
+        try:
+            event, fd = self._channel.receive()
+        except AgentUnavailable as e:
+            if isinstance(e.__cause__, TimeoutError):
+                raise TimeoutError(f"no flow for {self.name} within {timeout}s") from None
+            raise
+        if event.get("event") != "accept":
+            if fd is not None:
+                os.close(fd)
+            raise AgentUnavailable(f"unexpected message from the agent: {event}")
+        return _stream(fd, "accept"), str(event.get("peer", ""))
+
+    def close(self) -> None:
+        """Close the listener (the agent deregisters the name)."""
+        self._channel.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def listen(name: str, *, agent_socket: str | None = None, timeout: float = 30.0) -> Listener:
+    """Listen on `name` (registered in the registry by the agent until the listener closes)."""
+    channel = _Channel(agent_socket_path(agent_socket), timeout)
+    try:
+        channel.send({"op": "listen", "name": name})
+        reply, _ = channel.receive()
+    except BaseException:
+        channel.close()
+        raise
+    if not reply.get("ok"):
+        channel.close()
+        raise ListenError(f"{name}: {reply.get('error', 'refused')}")
+    return Listener(name, channel, reply)
+
+
+# ---- asyncio ---------------------------------------------------------------------------------------
+
+
+async def _async_channel(path: str) -> AsyncFdSocket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, path)
+    except OSError as e:
+        sock.close()
+        raise AgentUnavailable(f"no Serval agent at {path}: {e}") from e
+    return AsyncFdSocket(sock)
+
+
+async def _request(channel: AsyncFdSocket, message: Message) -> tuple[Message, int | None]:
+    try:
+        await channel.send(message)
+        return await channel.receive()
+    except (OSError, EOFError, ProtocolError) as e:
+        raise AgentUnavailable(f"the agent connection failed: {e}") from e
+
+
+async def open_connection(
+    name: str, timeout: float = 5.0, *, agent_socket: str | None = None, **kwargs: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams connected to a listener of `name` (`kwargs` go to `asyncio.open_connection`)."""
+    channel = await _async_channel(agent_socket_path(agent_socket))
+    try:
+        reply, fd = await asyncio.wait_for(
+            _request(channel, {"op": "connect", "name": name, "timeout": timeout}),
+            timeout + AGENT_REPLY_GRACE,
+        )
+    finally:
+        channel.close()
+    if not reply.get("ok"):
+        raise ConnectError(name, str(reply.get("error", "refused")))
+    return await asyncio.open_connection(sock=_stream(fd, "connect"), **kwargs)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
+class Server:
+    """Accepts flows for one name and runs `handler(reader, writer)` for each in its own task."""
+
+    def __init__(self, name: str, channel: AsyncFdSocket, reply: Message, handler: Handler) -> None:
+        self.name = name
+        self.service_id = str(reply.get("service_id", ""))
+        self._channel = channel
+        self._handler = handler
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    event, fd = await self._channel.receive()
+                except (OSError, EOFError, ProtocolError):
+                    return
+                if event.get("event") != "accept" or fd is None:
+                    if fd is not None:
+                        os.close(fd)
+                    continue
+                reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+                task = asyncio.create_task(self._run_handler(reader, writer))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+        finally:
+            self._channel.close()
+
+    async def _run_handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        result = self._handler(reader, writer)
+        if result is not None:
+            await result
+
+    def close(self) -> None:
+        """Stop accepting (the agent closes the listener and deregisters the name)."""
+        self._accepting.cancel()  # its `finally` closes the agent connection
+
+    async def wait_closed(self) -> None:
+        """Wait until the accept loop and every handler started so far have ended."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._accepting
+        await asyncio.gather(*list(self._handlers), return_exceptions=True)
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(name: str, handler: Handler, *, agent_socket: str | None = None) -> Server:
+    """Listen on `name`; like `asyncio.start_server` for a Serval name."""
+    channel = await _async_channel(agent_socket_path(agent_socket))
+    try:
+        reply, _ = await _request(channel, {"op": "listen", "name": name})
+    except BaseException:
+        channel.close()
+        raise
+    if not reply.get("ok"):
+        channel.close()
+        raise ListenError(f"{name}: {reply.get('error', 'refused')}")
+    return Server(name, channel, reply, handler)
