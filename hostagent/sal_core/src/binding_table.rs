@@ -24,26 +24,26 @@ use crate::table::{
 };
 
 /// `(host, port, weight, tier)` of a FORWARD target.
-type TargetTuple = (String, u16, u32, u32);
+pub(crate) type TargetTuple = (String, u16, u32, u32);
 /// `(prefix, prefix_bits, kind, targets, listener)`.
-type RuleTuple = (Vec<u8>, u32, String, Vec<TargetTuple>, Option<u64>);
+pub(crate) type RuleTuple = (Vec<u8>, u32, String, Vec<TargetTuple>, Option<u64>);
 /// `(host, port)`.
 type AddrTuple = (String, u16);
 /// `(prefix, prefix_bits, kind, hits, [(host, port, chosen)])`.
 type RuleCountsTuple = (Vec<u8>, u32, &'static str, u64, Vec<(String, u16, u64)>);
 
-fn value_error(e: TableError) -> PyErr {
+pub(crate) fn value_error(e: TableError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-fn socket_addr(host: &str, port: u16) -> PyResult<SocketAddr> {
+pub(crate) fn socket_addr(host: &str, port: u16) -> PyResult<SocketAddr> {
     let ip: IpAddr = host
         .parse()
         .map_err(|_| PyValueError::new_err(format!("{host:?} is not an IP address")))?;
     Ok(SocketAddr::new(ip, port))
 }
 
-fn service_id(id: &[u8]) -> PyResult<[u8; ID_BYTES]> {
+pub(crate) fn service_id(id: &[u8]) -> PyResult<[u8; ID_BYTES]> {
     id.try_into().map_err(|_| {
         PyValueError::new_err(format!(
             "a service ID is {ID_BYTES} bytes, not {}",
@@ -52,7 +52,7 @@ fn service_id(id: &[u8]) -> PyResult<[u8; ID_BYTES]> {
     })
 }
 
-fn rule_from_tuple(rule: RuleTuple) -> PyResult<(ServicePrefix, Rule)> {
+pub(crate) fn rule_from_tuple(rule: RuleTuple) -> PyResult<(ServicePrefix, Rule)> {
     let (bytes, bits, kind, targets, listener) = rule;
     let prefix = ServicePrefix::new(service_id(&bytes)?, bits).map_err(value_error)?;
     let targets = targets
@@ -66,6 +66,34 @@ fn rule_from_tuple(rule: RuleTuple) -> PyResult<(ServicePrefix, Rule)> {
 
 fn addr_tuple(addr: &SocketAddr) -> AddrTuple {
     (addr.ip().to_string(), addr.port())
+}
+
+/// Converts `rules`, applies them to `table` with the GIL released, and
+/// returns the summary dict (`outcome`, `generation`, `added`, `removed`,
+/// `changed`). Shared by `ServiceTableRef` and `DatapathRef`.
+pub(crate) fn apply_rules<'py>(
+    py: Python<'py>,
+    table: &ServiceTable,
+    generation: u64,
+    rules: Vec<RuleTuple>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let rules = rules
+        .into_iter()
+        .map(rule_from_tuple)
+        .collect::<PyResult<Vec<_>>>()?;
+    let config = TableConfig { generation, rules };
+    let summary = py.detach(|| table.apply(config)).map_err(value_error)?;
+    let result = PyDict::new(py);
+    let outcome = match summary.outcome {
+        ApplyOutcome::Applied => "applied",
+        ApplyOutcome::NoChange => "no_change",
+    };
+    result.set_item("outcome", outcome)?;
+    result.set_item("generation", summary.generation)?;
+    result.set_item("added", summary.added)?;
+    result.set_item("removed", summary.removed)?;
+    result.set_item("changed", summary.changed)?;
+    Ok(result)
 }
 
 /// Handle to a host's service table: lock-free lookups, whole-table applies.
@@ -103,25 +131,7 @@ impl ServiceTableRef {
         generation: u64,
         rules: Vec<RuleTuple>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let rules = rules
-            .into_iter()
-            .map(rule_from_tuple)
-            .collect::<PyResult<Vec<_>>>()?;
-        let config = TableConfig { generation, rules };
-        let summary = py
-            .detach(|| self.table.apply(config))
-            .map_err(value_error)?;
-        let result = PyDict::new(py);
-        let outcome = match summary.outcome {
-            ApplyOutcome::Applied => "applied",
-            ApplyOutcome::NoChange => "no_change",
-        };
-        result.set_item("outcome", outcome)?;
-        result.set_item("generation", summary.generation)?;
-        result.set_item("added", summary.added)?;
-        result.set_item("removed", summary.removed)?;
-        result.set_item("changed", summary.changed)?;
-        Ok(result)
+        apply_rules(py, &self.table, generation, rules)
     }
 
     /// The longest matching rule as `(kind, prefix, prefix_bits)`, or None.

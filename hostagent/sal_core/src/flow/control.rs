@@ -29,6 +29,8 @@ impl Flow {
         rst: Option<RstReason>,
     ) -> OwnedFrame {
         let initial_syn = flags == ctl::SYN;
+        // SYN, SYN-ACK and RSYN (not RSYN-ACK) advertise our endpoints.
+        let advertise = flags & ctl::SYN != 0 || (flags & ctl::RSYN != 0 && flags & ctl::ACK == 0);
         let nonce = if flags & ctl::SYN != 0 {
             self.local_nonce
         } else if flags & ctl::RST != 0 {
@@ -48,6 +50,7 @@ impl Flow {
                 service: if initial_syn { self.service } else { None },
                 data_seq: (flags & ctl::FIN != 0).then(|| self.snd.end()),
                 ack: Some(self.ack_ext()),
+                addrs: if advertise { self.local_addrs } else { None },
                 rst_reason: rst,
                 ..Default::default()
             },
@@ -214,6 +217,9 @@ impl Flow {
             return;
         }
         self.peer_nonce = c.nonce;
+        if frame.ext.addrs.is_some() {
+            self.peer_addrs = frame.ext.addrs;
+        }
         self.ctl_rcv_nxt = c.seq.wrapping_add(1);
         self.pending = None;
         self.state = State::Established;
@@ -250,6 +256,9 @@ impl Flow {
         if is_new {
             self.ctl_rcv_nxt = c.seq.wrapping_add(1);
             if is_rsyn {
+                if frame.ext.addrs.is_some() {
+                    self.peer_addrs = frame.ext.addrs;
+                }
                 self.accept_peer_rsyn();
             }
             if c.flags & ctl::FIN != 0 {

@@ -9,7 +9,9 @@ use super::auth::{Direction, FlowKey};
 use super::buffers::{RecvState, SendBuf};
 use super::{Config, Effect, Event, Resync, State, Stats};
 use crate::service_id::ServiceId;
-use crate::wire::{ctl, Ack, Control, Extensions, Frame, FrameType, Header, OwnedFrame, RstReason};
+use crate::wire::{
+    ctl, Ack, AddrList, Control, Extensions, Frame, FrameType, Header, OwnedFrame, RstReason,
+};
 
 /// Role of this end in the set-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,10 @@ pub struct Flow {
     pub(super) ctl_ack_owed: bool,
     pub(super) rsyn_ack_owed: bool,
     pub(super) time_wait_until: Option<u64>,
+    /// Our endpoints, advertised in SYN, SYN-ACK and RSYN (ADDRESS LIST).
+    pub(super) local_addrs: Option<AddrList>,
+    /// The peer's endpoints, from its SYN / SYN-ACK / latest authentic RSYN.
+    pub(super) peer_addrs: Option<AddrList>,
     pub(super) stats: Stats,
     pub(super) effects: Vec<Effect>,
 }
@@ -84,6 +90,8 @@ pub struct SynInfo {
     pub nonce: u64,
     pub ctl_seq: u32,
     pub window: u32,
+    /// The initiator's advertised endpoints (ADDRESS LIST), if any.
+    pub addrs: Option<AddrList>,
 }
 
 impl SynInfo {
@@ -106,6 +114,7 @@ impl SynInfo {
             nonce: c.nonce,
             ctl_seq: c.seq,
             window: frame.ext.ack.map_or(0, |a| a.window),
+            addrs: frame.ext.addrs,
         })
     }
 }
@@ -114,6 +123,19 @@ impl SynInfo {
 /// returns the new flow in SYN-RECEIVED with the SYN-ACK as its first effect.
 /// `local_flow` must be non-zero and random; `nonce` random.
 pub fn accept(cfg: Config, syn: &SynInfo, local_flow: u64, nonce: u64, now: u64) -> Flow {
+    accept_advertising(cfg, syn, local_flow, nonce, None, now)
+}
+
+/// [`accept`], advertising `addrs` (our endpoints) in the SYN-ACK and any
+/// later RSYN; the SYN's list becomes [`Flow::peer_addrs`].
+pub fn accept_advertising(
+    cfg: Config,
+    syn: &SynInfo,
+    local_flow: u64,
+    nonce: u64,
+    addrs: Option<AddrList>,
+    now: u64,
+) -> Flow {
     let mut f = Flow::new(
         cfg,
         Role::Acceptor,
@@ -126,6 +148,8 @@ pub fn accept(cfg: Config, syn: &SynInfo, local_flow: u64, nonce: u64, now: u64)
     f.peer_nonce = syn.nonce;
     f.service = Some(syn.service);
     f.peer_window = syn.window;
+    f.local_addrs = addrs;
+    f.peer_addrs = syn.addrs;
     f.ctl_rcv_nxt = syn.ctl_seq.wrapping_add(1);
     f.key = Some(FlowKey::derive(syn.nonce, nonce, syn.peer_flow, local_flow));
     f.start_pending(ctl::SYN | ctl::ACK);
@@ -189,6 +213,8 @@ impl Flow {
             ctl_ack_owed: false,
             rsyn_ack_owed: false,
             time_wait_until: None,
+            local_addrs: None,
+            peer_addrs: None,
             stats: Stats::default(),
             effects: Vec::new(),
         }
@@ -197,8 +223,23 @@ impl Flow {
     /// Opens a flow to `service`: returns it in SYN-SENT with the SYN as
     /// its first effect. `local_flow` must be non-zero and random; `nonce` random.
     pub fn connect(cfg: Config, service: ServiceId, local_flow: u64, nonce: u64, now: u64) -> Self {
+        Flow::connect_advertising(cfg, service, local_flow, nonce, None, now)
+    }
+
+    /// [`Flow::connect`], advertising `addrs` (our endpoints, e.g. SAL
+    /// listening addresses) in the SYN and any later RSYN. Advisory: the
+    /// peer may use them to reconnect; only an authenticated RSYN moves a flow.
+    pub fn connect_advertising(
+        cfg: Config,
+        service: ServiceId,
+        local_flow: u64,
+        nonce: u64,
+        addrs: Option<AddrList>,
+        now: u64,
+    ) -> Self {
         let mut f = Flow::new(cfg, Role::Initiator, State::SynSent, local_flow, nonce, now);
         f.service = Some(service);
+        f.local_addrs = addrs;
         f.start_pending(ctl::SYN);
         f.finish();
         f
@@ -224,6 +265,17 @@ impl Flow {
     /// True while the path is lost and no resynchronisation has started.
     pub fn is_frozen(&self) -> bool {
         self.frozen_until.is_some()
+    }
+    /// The peer's advertised endpoints (empty if it sent none): from its
+    /// SYN (acceptor side), its authentic SYN-ACK (initiator side), or the
+    /// latest authentic RSYN that carried a list.
+    pub fn peer_addrs(&self) -> &[std::net::SocketAddr] {
+        self.peer_addrs.as_ref().map_or(&[], AddrList::as_slice)
+    }
+    /// Changes the endpoints advertised in later SYN-ACK / RSYN frames
+    /// (e.g. after a local address was added or removed).
+    pub fn set_local_addrs(&mut self, addrs: Option<AddrList>) {
+        self.local_addrs = addrs;
     }
     /// Bytes [`Flow::write`] would accept now.
     pub fn writable(&self) -> usize {

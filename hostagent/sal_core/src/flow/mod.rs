@@ -24,7 +24,7 @@ pub mod machine;
 mod tests;
 
 pub use auth::{Direction, FlowKey};
-pub use machine::{accept, refuse, Flow, SynInfo};
+pub use machine::{accept, accept_advertising, refuse, Flow, SynInfo};
 
 use crate::wire::{OwnedFrame, RstReason};
 

@@ -1034,3 +1034,73 @@ proptest! {
         run_scenario(Config { send_buffer: 64 * 1024, recv_window: 48 * 1024, max_retries: 30, ..Config::datagram() }, &ops);
     }
 }
+
+/// SYN, SYN-ACK and RSYN advertise the sender's endpoints (ADDRESS LIST);
+/// the list is MAC-bound after set-up, so a rewritten list is dropped.
+#[test]
+fn address_lists_ride_on_syn_synack_and_rsyn() {
+    use crate::wire::AddrList;
+    use std::net::SocketAddr;
+    let a_addrs: Vec<SocketAddr> = vec!["192.0.2.1:7946".parse().unwrap()];
+    let b_addrs: Vec<SocketAddr> = vec!["[2001:db8::2]:7946".parse().unwrap()];
+    let b_moved: Vec<SocketAddr> = vec!["198.51.100.2:7946".parse().unwrap()];
+    let cfg = Config::stream();
+    let mut a = Flow::connect_advertising(
+        cfg,
+        SID,
+        FLOW_A,
+        NONCE_A,
+        Some(AddrList::new(&a_addrs).unwrap()),
+        0,
+    );
+    let syn = match a.take_effects().remove(0) {
+        Effect::Send(f) => f,
+        e => panic!("{e:?}"),
+    };
+    let info = SynInfo::parse(&syn.as_frame()).unwrap();
+    assert_eq!(info.addrs.unwrap().as_slice(), &a_addrs[..]);
+    let mut b = accept_advertising(
+        cfg,
+        &info,
+        FLOW_B,
+        NONCE_B,
+        Some(AddrList::new(&b_addrs).unwrap()),
+        0,
+    );
+    assert_eq!(b.peer_addrs(), &a_addrs[..]);
+    let synack = match b.take_effects().remove(0) {
+        Effect::Send(f) => f,
+        e => panic!("{e:?}"),
+    };
+    // A rewritten list in the SYN-ACK breaks its MAC.
+    let mut forged = synack.clone();
+    forged.ext.addrs = Some(AddrList::new(&b_moved).unwrap());
+    a.on_frame(&forged.as_frame(), 1);
+    assert_eq!(a.state(), State::SynSent);
+    assert_eq!(a.stats().bad_mac, 1);
+    a.on_frame(&synack.as_frame(), 1);
+    assert_eq!(a.state(), State::Established);
+    assert_eq!(a.peer_addrs(), &b_addrs[..]);
+    for e in a.take_effects() {
+        if let Effect::Send(f) = e {
+            b.on_frame(&f.as_frame(), 2);
+        }
+    }
+    assert_eq!(b.state(), State::Established);
+    b.take_effects();
+    // B moves and advertises its new endpoint in the RSYN.
+    b.set_local_addrs(Some(AddrList::new(&b_moved).unwrap()));
+    b.path_lost(3);
+    b.resync(3);
+    let rsyn = b
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Send(f) if f.ext.control.is_some_and(|c| c.flags == ctl::RSYN) => Some(f),
+            _ => None,
+        })
+        .expect("an RSYN");
+    assert_eq!(rsyn.ext.addrs.unwrap().as_slice(), &b_moved[..]);
+    a.on_frame(&rsyn.as_frame(), 4);
+    assert_eq!(a.peer_addrs(), &b_moved[..]);
+}

@@ -1,0 +1,259 @@
+//! The data path's I/O shell: SAL over kernel TCP between host agents, on
+//! its own tokio runtime (never on a Python thread, never holding the GIL).
+//!
+//! Contract: `docs/agent-datapath.md`; design and failure modes:
+//! `hostagent/sal_core/README.md` ("Data path"). Decisions live in the pure
+//! cores (`table`, `flow`, [`policy`], the event queue); the modules here
+//! only feed them and perform their effects:
+//!
+//! - [`listener`]: accepts agent-to-agent connections, routes SYN / RSYN.
+//! - [`connect`]: set-up by name with failover across targets, DELAY holds.
+//! - [`driver`]: one task per flow: app fd ↔ flow machine ↔ TCP, migration.
+//! - [`conn`]: one agent-to-agent TCP connection (reader + writer tasks).
+//! - [`appfd`]: the app's socket fd, non-blocking.
+//! - [`shared`], [`events`], [`stats`]: state, the event queue, counters.
+//!
+//! Threads: the runtime's workers (`worker_threads`, default 2) run every
+//! task; API calls only touch shared maps and channels, except
+//! [`Datapath::poll_events`] (blocks the caller up to its timeout) and
+//! [`Datapath::join`] (waits for the runtime to stop).
+
+mod appfd;
+mod conn;
+mod connect;
+mod driver;
+pub mod events;
+mod listener;
+pub mod policy;
+mod shared;
+mod stats;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use appfd_api::is_open_fd;
+pub use events::Event;
+
+use crate::flow;
+use crate::service_id::ServiceId;
+use crate::table::{ApplySummary, TableConfig, TableError};
+use events::lock;
+use shared::{FlowCmd, Shared};
+
+mod appfd_api {
+    /// True if `fd` is an open file descriptor (for bindings that take
+    /// ownership of a raw fd).
+    pub fn is_open_fd(fd: i32) -> bool {
+        super::appfd::is_open(fd)
+    }
+}
+
+/// Tunables of a data path. Times are milliseconds.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// SAL listening addresses (port 0: any free port).
+    pub sal_listen: Vec<SocketAddr>,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
+    /// Capacity of the event queue (beyond: dropped, then `Overflow`).
+    pub event_queue: usize,
+    /// Most set-ups held by DELAY rules at once.
+    pub delay_limit: usize,
+    /// Flow machine tunables (buffers, windows, timeouts).
+    pub flow: flow::Config,
+    /// Longest TCP connect + SYN handshake per target during set-up.
+    pub setup_timeout_ms: u64,
+    /// Reconnection backoff after a path loss: first / largest step.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// The acceptor's wait before it dials too (the initiator dials at once).
+    pub acceptor_reconnect_wait_ms: u64,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            sal_listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            worker_threads: 2,
+            event_queue: 4096,
+            delay_limit: crate::table::DEFAULT_DELAY_LIMIT,
+            flow: flow::Config {
+                time_wait_ms: 2_000,
+                ..flow::Config::stream()
+            },
+            setup_timeout_ms: 3_000,
+            reconnect_initial_ms: 50,
+            reconnect_max_ms: 1_000,
+            acceptor_reconnect_wait_ms: 300,
+        }
+    }
+}
+
+/// A running data path. Thread-safe; every method returns promptly except
+/// `poll_events` and `join`, which block up to their timeouts.
+pub struct Datapath {
+    sh: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Datapath {
+    /// Binds the SAL listeners and starts the runtime's threads.
+    pub fn start(cfg: DatapathConfig) -> io::Result<Datapath> {
+        if cfg.sal_listen.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no SAL listen address",
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.worker_threads.max(1))
+            .thread_name("sal-datapath")
+            .enable_all()
+            .build()?;
+        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
+        for a in &cfg.sal_listen {
+            let l = std::net::TcpListener::bind(a)?;
+            l.set_nonblocking(true)?;
+            bound.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        let sh = Arc::new(Shared::new(cfg, bound));
+        {
+            let _in_rt = rt.enter();
+            for l in listeners {
+                let l = tokio::net::TcpListener::from_std(l)?;
+                rt.spawn(listener::accept_loop(sh.clone(), l));
+            }
+        }
+        Ok(Datapath {
+            sh,
+            handle: rt.handle().clone(),
+            rt: Mutex::new(Some(rt)),
+        })
+    }
+
+    /// The bound SAL endpoints.
+    pub fn sal_addresses(&self) -> Vec<SocketAddr> {
+        self.sh.sal_addrs.clone()
+    }
+
+    /// The service table this data path resolves with.
+    pub fn table(&self) -> &crate::table::ServiceTable {
+        &self.sh.table
+    }
+
+    /// True once `shutdown` was called.
+    pub fn is_stopping(&self) -> bool {
+        self.sh.stopping()
+    }
+
+    /// Applies a whole desired table (see `table::ServiceTable::apply`).
+    pub fn apply_table(&self, config: TableConfig) -> Result<ApplySummary, TableError> {
+        self.sh.table.apply(config)
+    }
+
+    /// Accepts flows DEMUXed to `listener_id` (to `expose` if given).
+    pub fn listen(&self, listener_id: u64, expose: Option<SocketAddr>) {
+        lock(&self.sh.listeners).insert(listener_id, expose);
+    }
+
+    /// No new flows for `listener_id`; false if it was not listening.
+    pub fn unlisten(&self, listener_id: u64) -> bool {
+        lock(&self.sh.listeners).remove(&listener_id).is_some()
+    }
+
+    /// Sets up a flow to `service` for the app behind `app_fd` (taken over:
+    /// closed on failure); answers with `Connected` or `ConnectFailed`.
+    /// Request IDs should be unique among outstanding requests.
+    pub fn connect(
+        &self,
+        request_id: u64,
+        service: ServiceId,
+        app_fd: OwnedFd,
+        deadline: Duration,
+    ) -> io::Result<()> {
+        if self.sh.stopping() {
+            return Err(io::Error::other("the data path is shut down"));
+        }
+        let req = connect::ConnectReq {
+            request_id,
+            service,
+            app_fd,
+            deadline: tokio::time::Instant::now() + deadline,
+        };
+        self.handle.spawn(connect::run(self.sh.clone(), req));
+        Ok(())
+    }
+
+    /// Answers a `Delayed` event; false if `request_id` is not held.
+    pub fn settle_delay(&self, request_id: u64, release: bool) -> bool {
+        self.sh.settle(request_id, release)
+    }
+
+    /// A local address appeared (used for advertised endpoints and as a
+    /// source for reconnections).
+    pub fn address_added(&self, ip: IpAddr) {
+        lock(&self.sh.local_ips).insert(ip);
+        self.sh.tell_all(|| FlowCmd::AddressAdded);
+    }
+
+    /// A local address disappeared: flows whose path used it reconnect
+    /// from another address and resynchronise.
+    pub fn address_removed(&self, ip: IpAddr) {
+        lock(&self.sh.local_ips).remove(&ip);
+        self.sh.tell_all(|| FlowCmd::AddressRemoved(ip));
+    }
+
+    /// Up to `max` events; blocks up to `timeout` while there are none.
+    pub fn poll_events(&self, max: usize, timeout: Duration) -> Vec<Event> {
+        self.sh.events.poll(max, timeout)
+    }
+
+    /// Counters, named as in the contract.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        self.sh.stats.snapshot(self.sh.events.total_dropped())
+    }
+
+    /// Fault injection (tests, chaos drills): resets the TCP connection
+    /// under flow `flow_id` as if the path broke; false if no such flow.
+    pub fn debug_break_path(&self, flow_id: u64) -> bool {
+        self.sh.tell(flow_id, FlowCmd::BreakPath)
+    }
+
+    /// Phase one of stopping: no new connections or set-ups; every flow is
+    /// reset (RST, reason `Aborted`). Returns at once.
+    pub fn shutdown(&self) {
+        self.sh.stop.send_replace(true);
+    }
+
+    /// Phase two: waits up to `timeout` for the flows to finish, then stops
+    /// the runtime. True if everything ended in time. Implies `shutdown`.
+    pub fn join(&self, timeout: Duration) -> bool {
+        self.shutdown();
+        let deadline = Instant::now() + timeout;
+        while !lock(&self.sh.flows).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let clean = lock(&self.sh.flows).is_empty();
+        // Let writers flush the RSTs the drivers queued on their way out.
+        std::thread::sleep(Duration::from_millis(20).min(timeout));
+        if let Some(rt) = lock(&self.rt).take() {
+            rt.shutdown_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        clean
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(rt) = lock(&self.rt).take() {
+            rt.shutdown_background();
+        }
+    }
+}
