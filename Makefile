@@ -78,6 +78,10 @@ test-unit: $(STAMP) ## Python unit tests (pure cores, fakes)
 test-integration: system-deps $(STAMP) ## Integration tests against real etcd (1 and 3 members) and gRPC
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: test-e2e
+test-e2e: system-deps $(STAMP) ## End-to-end: several hosts in network namespaces (root; agents, registry, etcd)
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
 .PHONY: test
 test: dev lint typecheck proto-check test-rust ## The whole suite: set-up, lint, types, Rust and Python tests
 	$(BIN)/pytest tests $(PYTEST_ARGS)

@@ -112,9 +112,17 @@ class NetnsLab:
         try:
             for argv in setup_commands(self.topology, self.names):
                 ip(argv)
+            for host in self.topology.hosts:
+                self._host_sysctls(host)
         except BaseException:
             self.destroy()
             raise
+
+    def _host_sysctls(self, host: str) -> None:
+        """Removing a host's primary IPv4 address keeps the others of its subnet (promoted),
+        as address-change tests need; Linux's default deletes them all."""
+        argv = ["sysctl", "-q", "-w", "net.ipv4.conf.all.promote_secondaries=1"]
+        subprocess.run(exec_in(self.namespace(host), argv), check=True, capture_output=True, timeout=10)
 
     def destroy(self, grace: float = 3.0) -> None:
         """Stop every process, delete every namespace, release the lock; idempotent.

@@ -168,7 +168,7 @@ class Agent:
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
-        await self._cancel("addresses", "local_api")
+        await self._cancel("addresses", "republish", "local_api")
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -190,6 +190,11 @@ class Agent:
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.create_task(coro, name=f"agent-{name}")
+
+    def _cancel_nowait(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     def _take(self, *names: str) -> list[asyncio.Task[None]]:
         return [t for t in (self._tasks.pop(n, None) for n in names) if t is not None]
@@ -237,8 +242,25 @@ class Agent:
             log.warning("the host has no usable address left; keeping the registered ones")
             return
         if host != self.control.host:
-            await self.control.set_host(host)
-            await self.host_record.publish(host)
+            self._cancel_nowait("republish")
+            self._spawn("republish", self._republish(host))
+
+    async def _republish(self, host: HostIdentity) -> None:
+        """Re-register the listeners and the host record with `host`, retrying until it works.
+
+        The registry may be unreachable for a while right after an address change
+        (its connection used the old address); registrations keep their lease meanwhile.
+        """
+        delay = 0.2
+        while True:
+            try:
+                await self.control.set_host(host)
+                await self.host_record.publish(host)
+                return
+            except Exception as e:
+                log.warning("re-registering with addresses %s failed (%s); retrying", host.addresses, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _gauges(self) -> AgentGauges:
         dp, rec = self.datapath, self.reconciler

@@ -48,13 +48,8 @@ class ConnectFailure(Exception):
 
 def failure_message(name: str, event: ConnectFailed) -> str:
     """``name: reason; tried ip:port (why), ...`` (the contract's error text)."""
-    tried = [_tried(t) for t in event.tried]
+    tried = [f"{target} ({why})" for target, why in event.tried]
     return f"{name}: {event.reason}" + (f"; tried {', '.join(tried)}" if tried else "")
-
-
-def _tried(entry: str) -> str:
-    target, sep, why = entry.partition(" -> ")
-    return f"{target} ({why})" if sep else entry
 
 
 def format_endpoint(endpoint: tuple[str, int]) -> str:

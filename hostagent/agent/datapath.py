@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hostagent.agent.events import Endpoint, Event
+from hostagent.sal_core import datapath as native
 from hostagent.sal_core.table import ApplyResult, Rule
 
 STATS_KEYS = (
@@ -61,16 +62,18 @@ class DatapathPort(Protocol):
         """Accept flows for DEMUX rules naming `listener_id` (as `Accepted` events, or to `expose`)."""
         ...
 
-    def unlisten(self, listener_id: int) -> None:
-        """No new flows for `listener_id`; existing flows continue."""
+    def unlisten(self, listener_id: int) -> bool:
+        """No new flows for `listener_id`; existing flows continue. False if it was unknown."""
         ...
 
-    def connect(self, request_id: int, service_id: bytes, app_fd: int, deadline_ms: int) -> None:
-        """Take ownership of `app_fd` and answer later with `Connected` or `ConnectFailed`."""
+    def connect(self, request_id: int, service_id: bytes, app: int, deadline_ms: int) -> None:
+        """Take ownership of the fd `app` and answer later with `Connected` or `ConnectFailed`.
+
+        If the call raises, the caller still owns the fd."""
         ...
 
-    def settle_delay(self, request_id: int, release: bool) -> None:
-        """Answer a `Delayed` event: re-resolve (`release`) or fail the connect."""
+    def settle_delay(self, request_id: int, release: bool) -> bool:
+        """Answer a `Delayed` event: re-resolve (`release`) or fail the connect. False if not held."""
         ...
 
     def address_added(self, ip: str) -> None: ...
@@ -114,6 +117,11 @@ def open_datapath(config: DatapathConfig) -> DatapathPort:
             f"the SAL data path ({DATAPATH_MODULE}) is not available in this build: {e}; "
             "rebuild the Rust extension (make dev) with the data path included"
         ) from e
-    native_config = module.DatapathConfig(sal_listen=list(config.sal_listen), event_queue=config.event_queue)
+    native_config = module.DatapathConfig(sal_listen=tuple(config.sal_listen), event_queue=config.event_queue)
     port: DatapathPort = module.Datapath.start(native_config)
     return port
+
+
+def _conforms(datapath: native.Datapath) -> DatapathPort:
+    """Never called: makes mypy check that the Rust data path's wrapper satisfies `DatapathPort`."""
+    return datapath

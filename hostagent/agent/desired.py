@@ -5,10 +5,16 @@ Contract of `desired_rules`:
   instance (metadata ``serval.sal_port`` holding a port 1..65535). Each
   address of such an instance becomes a target ``(address, sal_port)`` with
   the instance's weight (0 while drained: the data path never chooses it) and
-  the table tier ``instance.tier * LOCALITY_RANKS + locality_rank`` where the
-  rank is 0 for the agent's zone, 1 for its region, 2 elsewhere. So a lower
-  registry tier always wins, and within a registry tier nearer targets are
-  used first, farther ones only when every nearer target is gone or drained.
+  the table tier ``(instance.tier * LOCALITY_RANKS + locality_rank) *
+  ADDRESS_RANKS + address_rank`` where the locality rank is 0 for the agent's
+  zone, 1 for its region, 2 elsewhere, and the address rank is 0 for the
+  instance's first address and 1 for its others. So a lower registry tier
+  always wins; within a registry tier nearer targets are used first, farther
+  ones only when every nearer target is gone or drained; and an instance's
+  weight counts once (on its first address), its other addresses being its
+  failover at set-up when the first is unreachable (a multi-homed host). Once
+  a flow is set up, the data path learns all of the peer's SAL endpoints from
+  the handshake and migrates between them by itself.
   The same ``(address, port)`` from several instances (two listeners of one
   agent) is merged: best table tier, weights of that tier summed (capped).
 - DEMUX, one rule per service name with a local listener, naming the oldest
@@ -33,6 +39,7 @@ from registry.model import MAX_WEIGHT, Instance
 SAL_PORT_KEY = "serval.sal_port"
 AGENTS_SERVICE = "agents.serval"
 LOCALITY_RANKS = 3
+ADDRESS_RANKS = 2
 MAX_TARGET_WEIGHT = MAX_WEIGHT * 16
 
 
@@ -85,10 +92,11 @@ def desired_rules(
         port = sal_port(inst)
         if port is None or inst.service in exclude or inst.service in demux:
             continue
-        tier = inst.tier * LOCALITY_RANKS + locality_rank(inst, here)
+        tier = (inst.tier * LOCALITY_RANKS + locality_rank(inst, here)) * ADDRESS_RANKS
         merged = targets.setdefault(inst.service, {})
-        for address in inst.addresses:
-            merged[(address, port)] = _merge(merged.get((address, port)), tier, inst.weight)
+        for rank, address in enumerate(inst.addresses):
+            key = (address, port)
+            merged[key] = _merge(merged.get(key), tier + min(rank, ADDRESS_RANKS - 1), inst.weight)
     rules = [_rule(name, RuleKind.DEMUX, listener=lid) for name, lid in demux.items()]
     rules += [_rule(name, RuleKind.FORWARD, _targets(merged)) for name, merged in targets.items()]
     return sorted(rules, key=lambda r: (r.prefix, r.prefix_bits))

@@ -1,8 +1,8 @@
 """Data-path events (the contract's table in `docs/agent-datapath.md`) and the pump.
 
-The events are plain frozen dataclasses. The Rust binding hands plain tuples
-across; its typed wrapper converts them into these classes (the fake in
-`tests/fakes/datapath.py` produces them directly).
+The events are the plain frozen dataclasses of the data path's typed wrapper
+(`hostagent.sal_core.datapath`), re-exported here: one definition for the real
+data path and the fake in `tests/fakes/datapath.py`.
 
 `EventPump` pulls events in a worker thread (`poll_events` blocks with the GIL
 released) in bounded batches and dispatches each one on the event loop, in
@@ -16,83 +16,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from typing import Protocol
+
+from hostagent.sal_core.datapath import (
+    Accepted,
+    Addr,
+    Connected,
+    ConnectFailed,
+    Delayed,
+    Event,
+    FlowClosed,
+    Migrated,
+    Overflow,
+    TargetFailed,
+)
 
 log = logging.getLogger(__name__)
 
-Endpoint = tuple[str, int]
+Endpoint = Addr
 
-
-@dataclass(frozen=True)
-class Connected:
-    """`connect(request_id, ...)` succeeded: the app fd now carries the flow's bytes."""
-
-    request_id: int
-    flow_id: int
-    target: Endpoint
-
-
-@dataclass(frozen=True)
-class ConnectFailed:
-    """No target was reachable before the deadline; `tried` holds ``"ip:port -> why"`` lines."""
-
-    request_id: int
-    reason: str
-    tried: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """A remote flow for a local listener. The receiver of this event owns `app_fd`."""
-
-    listener_id: int
-    flow_id: int
-    app_fd: int
-    peer: Endpoint
-
-
-@dataclass(frozen=True)
-class Delayed:
-    """A DELAY rule held a connect; answer with `settle_delay(request_id, release)`."""
-
-    request_id: int
-    service_id: bytes
-
-
-@dataclass(frozen=True)
-class Migrated:
-    """A flow moved to a new path (RSYN completed)."""
-
-    flow_id: int
-    local: Endpoint
-    remote: Endpoint
-
-
-@dataclass(frozen=True)
-class TargetFailed:
-    """A target refused or was unreachable during a set-up."""
-
-    target: Endpoint
-    reason: str
-
-
-@dataclass(frozen=True)
-class FlowClosed:
-    """A flow ended: ``fin``, ``reset: <reason>`` or ``timeout``."""
-
-    flow_id: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Overflow:
-    """The event queue overflowed and `dropped` events were lost: resync everything."""
-
-    dropped: int
-
-
-Event = Connected | ConnectFailed | Accepted | Delayed | Migrated | TargetFailed | FlowClosed | Overflow
+__all__ = [
+    "Accepted", "ConnectFailed", "Connected", "Delayed", "Endpoint", "Event", "EventHandler",
+    "EventPump", "EventSource", "FlowClosed", "Migrated", "Overflow", "TargetFailed",
+]  # fmt: skip
 
 
 class EventSource(Protocol):

@@ -32,9 +32,16 @@ def diff_addresses(old: frozenset[str], new: frozenset[str]) -> tuple[frozenset[
 
 
 def read_host_addresses() -> frozenset[str]:
-    """Every IPv4/IPv6 address on the host's interfaces (IPv6 zone suffixes stripped)."""
+    """Every IPv4/IPv6 address on the host's interfaces that are up (IPv6 zone suffixes stripped).
+
+    An interface that is down keeps its addresses configured but carries nothing,
+    so its addresses count as gone: flows using them must move.
+    """
     out = set()
-    for addrs in psutil.net_if_addrs().values():
+    stats = psutil.net_if_stats()
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
         for a in addrs:
             if a.family in (socket.AF_INET, socket.AF_INET6):
                 out.add(ipaddress.ip_address(a.address.split("%", 1)[0]).compressed)
@@ -92,4 +99,9 @@ class AddressPoller:
             added, removed = diff_addresses(self.current, new)
             if added or removed:
                 self.current = new
-                await self.on_change(added, removed)
+                try:
+                    await self.on_change(added, removed)
+                except Exception:
+                    log.exception(
+                        "reacting to address changes (+%s -%s) failed", sorted(added), sorted(removed)
+                    )

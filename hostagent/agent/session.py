@@ -22,10 +22,13 @@ from typing import Protocol
 
 import grpc
 
-from registry.api.client import RegistryClient, keep_session_alive
+from registry.api.client import RETRYABLE, RegistryClient, keep_session_alive
 from registry.model import Instance
 
 log = logging.getLogger(__name__)
+
+MIN_RETRY_DELAY = 0.2
+MAX_RETRY_DELAY = 2.0
 
 
 class Registrar(Protocol):
@@ -78,15 +81,32 @@ class RegistrySession:
                 return 0
 
     async def run(self) -> None:
-        """Keep the lease alive; after it expired, re-register everything on a new one."""
+        """Keep the lease alive; after it expired, re-register everything on a new one.
+
+        The registry being unreachable (UNAVAILABLE, DEADLINE_EXCEEDED: a replica
+        down, or this host's address changed under the connection) is not fatal:
+        the channel is dropped and the keep-alive retried with backoff (at most
+        `MAX_RETRY_DELAY` s apart), so a lease survives any outage shorter than its TTL.
+        """
+        delay, renew = MIN_RETRY_DELAY, False
         while True:
             try:
+                if renew:
+                    await self._renew()
+                    renew = False
                 await keep_session_alive(self.client, self.lease_id, self.keepalive_interval)
+                delay = MIN_RETRY_DELAY
             except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.NOT_FOUND:
+                if e.code() == grpc.StatusCode.NOT_FOUND and not renew:
+                    log.warning("registry lease %x expired: registering everything again", self.lease_id)
+                    renew = True
+                    continue
+                if e.code() not in RETRYABLE:
                     raise
-                log.warning("registry lease %x expired: registering everything again", self.lease_id)
-                await self._renew()
+                log.warning("registry unreachable (%s) for lease %x; retrying", e.code().name, self.lease_id)
+                await self.client.failover()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def _renew(self) -> None:
         async with self._lock:

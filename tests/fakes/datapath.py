@@ -11,7 +11,7 @@ What it does, per the contract in `docs/agent-datapath.md`:
   `reachable` (default: every target). The first reachable one gives
   `Connected` and the data path's end of the stream is kept in `flows`
   (tests talk to the app through it); unreachable ones give `TargetFailed`
-  and a ``"ip:port -> refused"`` entry in `ConnectFailed.tried`. DEMUX to a
+  and an ``("ip:port", "refused")`` entry in `ConnectFailed.tried`. DEMUX to a
   local listener: the fd itself is handed to the listener as `Accepted`
   (a local short-cut: the two apps talk directly). DELAY → `Delayed`; no
   rule → ``ConnectFailed("no route")``.
@@ -117,21 +117,24 @@ class FakeDatapath:
             self.listening[listener_id] = expose
             self.listen_calls.append(listener_id)
 
-    def unlisten(self, listener_id: int) -> None:
+    def unlisten(self, listener_id: int) -> bool:
         with self._cond:
-            self.listening.pop(listener_id, None)
+            return self.listening.pop(listener_id, None) is not None
 
-    def connect(self, request_id: int, service_id: bytes, app_fd: int, deadline_ms: int) -> None:
-        self._resolve(request_id, service_id, socket.socket(fileno=app_fd))
+    def connect(self, request_id: int, service_id: bytes, app: int, deadline_ms: int) -> None:
+        self._resolve(request_id, service_id, socket.socket(fileno=app))
 
-    def settle_delay(self, request_id: int, release: bool) -> None:
+    def settle_delay(self, request_id: int, release: bool) -> bool:
         self.settled.append((request_id, release))
+        if request_id not in self._delayed:
+            return False
         service_id, sock = self._delayed.pop(request_id)
         if release:
             self._resolve(request_id, service_id, sock, allow_delay=False)
         else:
             sock.close()
-            self._emit(ConnectFailed(request_id, "dropped by the control plane"))
+            self._emit(ConnectFailed(request_id, "dropped by the control plane", ()))
+        return True
 
     def _resolve(self, request_id: int, sid: bytes, sock: socket.socket, allow_delay: bool = True) -> None:
         rule = self.lookup(sid)
@@ -157,16 +160,18 @@ class FakeDatapath:
                 self.counters["flows_opened"] += 1
                 self.counters["flows_active"] += 1
                 return self._emit(Connected(request_id, flow_id, endpoint))
-            self._emit(TargetFailed(endpoint, "refused"))
+            self._emit(TargetFailed(request_id, endpoint, "refused"))
             self.counters["failovers"] += 1
-            tried.append(f"{target.host}:{target.port} -> refused")
+            tried.append((f"{target.host}:{target.port}", "refused"))
         self._fail(request_id, sock, "no target reachable", tried)
 
     @staticmethod
     def _eligible(targets: Sequence[Target]) -> list[Target]:
         return sorted((t for t in targets if t.weight > 0), key=lambda t: (t.tier, -t.weight, t.host, t.port))
 
-    def _fail(self, request_id: int, sock: socket.socket, reason: str, tried: Sequence[str] = ()) -> None:
+    def _fail(
+        self, request_id: int, sock: socket.socket, reason: str, tried: Sequence[tuple[str, str]] = ()
+    ) -> None:
         sock.close()
         self.counters["connect_failures"] += 1
         self._emit(ConnectFailed(request_id, reason, tuple(tried)))

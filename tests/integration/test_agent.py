@@ -17,7 +17,7 @@ import pytest
 from hostagent import client
 from hostagent.agent.agent import Agent, AgentConfig
 from hostagent.agent.datapath import DatapathConfig
-from hostagent.agent.desired import AGENTS_SERVICE, SAL_PORT_KEY
+from hostagent.agent.desired import ADDRESS_RANKS, AGENTS_SERVICE, SAL_PORT_KEY
 from hostagent.sal_core.table import RuleKind, Target
 from registry import names
 from registry.api.client import RegistryClient
@@ -116,7 +116,10 @@ async def test_agent_registers_listeners_and_applies_the_desired_table(
             await eventually(table_has_both)
             kinds = rule_kinds(fake)
             assert kinds[key("x.prod")][0] == RuleKind.DEMUX
-            assert kinds[key("y.prod")] == (RuleKind.FORWARD, (Target("10.2.0.7", 7000, 100, 1),))
+            assert kinds[key("y.prod")] == (
+                RuleKind.FORWARD,
+                (Target("10.2.0.7", 7000, 100, 1 * ADDRESS_RANKS),),
+            )
             assert key(AGENTS_SERVICE) not in kinds
             assert agent.reconciler.applied_revision >= (await reg.resolve("y.prod")).revision
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hostagent.agent.desired import (
+    ADDRESS_RANKS,
     LOCALITY_RANKS,
     SAL_PORT_KEY,
     Generations,
@@ -28,6 +29,11 @@ def inst(iid: str, service: str = "pay.prod", sal: str | None = "7946", **kw: An
     meta = {SAL_PORT_KEY: sal} if sal is not None else {}
     fields: dict[str, Any] = {"addresses": ("10.0.0.1",), "port": 8080, "metadata": meta, **kw}
     return Instance(service=service, instance_id=iid, **fields)
+
+
+def t(locality_tier: int) -> int:
+    """The table tier of an instance's first address at this registry-tier/locality tier."""
+    return locality_tier * ADDRESS_RANKS
 
 
 def targets_of(rules: list[Rule], name: str) -> tuple[Target, ...]:
@@ -63,10 +69,10 @@ def test_sal_port_parsing(meta: str, port: int | None) -> None:
 @pytest.mark.parametrize(
     ("instances", "expected"),
     [
-        pytest.param([inst("a", weight=30)], (Target("10.0.0.1", 7946, 30, 2),), id="weight-far"),
+        pytest.param([inst("a", weight=30)], (Target("10.0.0.1", 7946, 30, t(2)),), id="weight-far"),
         pytest.param(
             [inst("a", weight=0, drained=True, drained_weight=100)],
-            (Target("10.0.0.1", 7946, 0, 2),),
+            (Target("10.0.0.1", 7946, 0, t(2)),),
             id="drained-is-weight-0",
         ),
         pytest.param(
@@ -76,9 +82,9 @@ def test_sal_port_parsing(meta: str, port: int | None) -> None:
                 inst("far", addresses=("10.0.0.3",), zone="z3", region="r3"),
             ],
             (
-                Target("10.0.0.1", 7946, 100, 0),
-                Target("10.0.0.2", 7946, 100, 1),
-                Target("10.0.0.3", 7946, 100, 2),
+                Target("10.0.0.1", 7946, 100, t(0)),
+                Target("10.0.0.2", 7946, 100, t(1)),
+                Target("10.0.0.3", 7946, 100, t(2)),
             ),
             id="locality-ranks",
         ),
@@ -87,13 +93,17 @@ def test_sal_port_parsing(meta: str, port: int | None) -> None:
                 inst("near-backup", addresses=("10.0.0.1",), zone="z1", region="r1", tier=1),
                 inst("far-primary", addresses=("10.0.0.2",), zone="z9", region="r9", tier=0),
             ],
-            (Target("10.0.0.1", 7946, 100, 1 * LOCALITY_RANKS + 0), Target("10.0.0.2", 7946, 100, 2)),
+            (Target("10.0.0.1", 7946, 100, t(1 * LOCALITY_RANKS + 0)), Target("10.0.0.2", 7946, 100, t(2))),
             id="registry-tier-beats-locality",
         ),
         pytest.param(
-            [inst("a", addresses=("10.0.0.1", "fd00::1"), sal="7000")],
-            (Target("10.0.0.1", 7000, 100, 2), Target("fd00::1", 7000, 100, 2)),
-            id="every-address-is-a-target",
+            [inst("a", addresses=("10.0.0.1", "fd00::1", "10.1.0.1"), sal="7000")],
+            (
+                Target("10.0.0.1", 7000, 100, t(2)),
+                Target("10.1.0.1", 7000, 100, t(2) + 1),
+                Target("fd00::1", 7000, 100, t(2) + 1),
+            ),
+            id="first-address-primary-others-failover",
         ),
         pytest.param(
             [

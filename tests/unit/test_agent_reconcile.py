@@ -107,6 +107,10 @@ def test_pump_counts_informational_events() -> None:
     from hostagent.agent.events import EventPump
 
     pump = EventPump(FakeDatapath(), handler=None)  # type: ignore[arg-type]
-    for event in (FlowClosed(1, "fin"), Migrated(1, ("a", 1), ("b", 2)), TargetFailed(("c", 3), "refused")):
+    for event in (
+        FlowClosed(1, "fin"),
+        Migrated(1, ("a", 1), ("b", 2)),
+        TargetFailed(7, ("c", 3), "refused"),
+    ):
         pump.dispatch(event)
     assert dict(pump.counts) == {"FlowClosed": 1, "Migrated": 1, "TargetFailed": 1}

@@ -1,0 +1,165 @@
+"""Host agents end to end, each host a network namespace (`deploy.netns`): etcd, a
+registry replica, two server hosts and a multi-homed client host, every process inside
+the lab. Applications use the client library (`tests.support.agent_apps`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.lab_services import Agent, start_agent, start_etcd, start_registry
+from deploy.netns import NetnsLab
+from registry.processes import ChildProcess
+from tests.support.netns import MakeLab
+
+pytestmark = pytest.mark.e2e
+
+# server1 and the client are multi-homed (lan + lan2); the rest sit on lan only.
+TOPOLOGY = {
+    "hosts": {
+        "etcd": ["lan"],
+        "registry": ["lan"],
+        "server1": {"eth0": "lan", "eth1": "lan2"},
+        "server2": ["lan"],
+        "client": {"eth0": "lan", "eth1": "lan2"},
+    }
+}
+PROPAGATION_S = 1.5  # registry watch -> every agent's table, with margin
+
+
+@dataclass
+class Cluster:
+    lab: NetnsLab
+    registry: str
+    agents: dict[str, Agent]
+    tmp: Path
+
+    def app(self, host: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.support.agent_apps",
+            *args,
+            "--socket",
+            str(self.agents[host].socket),
+        ]
+        return self.lab.run(host, argv, timeout=timeout)
+
+    def serve(self, host: str, name: str, tag: str, seconds: float = 60) -> ChildProcess:
+        argv = [
+            sys.executable, "-m", "tests.support.agent_apps", "serve", name, "--socket",
+            str(self.agents[host].socket), "--tag", tag, "--seconds", str(seconds),
+        ]  # fmt: skip
+        return self.lab.spawn(host, argv, name=f"serve-{tag}")
+
+    def resolve(self, name: str) -> list[dict[str, object]]:
+        argv = [sys.executable, "-m", "deploy.cli", "resolve", name, "--json", "--registry", self.registry]
+        out = self.lab.run("client", argv, timeout=30)
+        if out.returncode != 0:
+            return []
+        return list(json.loads(out.stdout)["instances"])
+
+    def wait_instances(self, name: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """Poll the registry until `name` has exactly `count` instances; then let agents catch up."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.resolve(name)) != count:
+            assert time.monotonic() < deadline, f"{name}: {len(found)} instances, wanted {count}"
+            time.sleep(0.2)
+        time.sleep(PROPAGATION_S)
+        return found
+
+    def serval(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "deploy.cli", *args, "--registry", self.registry]
+        return self.lab.run("client", argv, timeout=30)
+
+    def instance_on(self, instances: list[dict[str, Any]], host: str) -> str:
+        address = self.lab.address(host, "lan")
+        (iid,) = [str(i["instance_id"]) for i in instances if address in i["addresses"]]
+        return iid
+
+    def start_send(self, name: str, size: int, pace_ms: float) -> subprocess.Popen[str]:
+        """A paced transfer from the client, running in the background; `finish` reads its result."""
+        argv = [
+            "ip", "netns", "exec", self.lab.namespace("client"), sys.executable, "-m",
+            "tests.support.agent_apps", "send", name, "--socket", str(self.agents["client"].socket),
+            "--bytes", str(size), "--pace-ms", str(pace_ms),
+        ]  # fmt: skip
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def logs(self) -> str:
+        return "\n".join(agent.process.log_tail(30) for agent in self.agents.values())
+
+    def finish(self, proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"transfer did not finish in {timeout}s: {err}\n{self.logs()}") from None
+        assert proc.returncode == 0, err + self.logs()
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+@pytest.fixture
+def cluster(netns_lab: MakeLab, tmp_path: Path) -> Iterator[Cluster]:
+    lab = netns_lab(TOPOLOGY)
+    etcd = start_etcd(lab, "etcd", tmp_path / "etcd")
+    registry = start_registry(lab, "registry", etcd)
+    agents = {
+        host: start_agent(lab, host, registry, tmp_path / "agents")
+        for host in ("server1", "server2", "client")
+    }
+    yield Cluster(lab, registry, agents, tmp_path)
+
+
+def test_connect_by_name_reaches_the_listener_on_another_host(cluster: Cluster) -> None:
+    server = cluster.serve("server1", "echo.e2e", "s1")
+    cluster.wait_instances("echo.e2e", 1)
+    out = cluster.app("client", "send", "echo.e2e", "--bytes", str(4 << 20))
+    assert out.returncode == 0, out.stderr + server.log_tail()
+    result = json.loads(out.stdout)
+    assert result["tag"] == "s1"
+    assert result["server_sha256"] == result["sent_sha256"]
+
+
+def test_weights_1_to_3_split_4000_connections_25_75(cluster: Cluster) -> None:
+    cluster.serve("server1", "split.e2e", "s1")
+    cluster.serve("server2", "split.e2e", "s2")
+    instances = cluster.wait_instances("split.e2e", 2)
+    for host, weight in (("server1", "1"), ("server2", "3")):
+        out = cluster.serval("weight", "split.e2e", cluster.instance_on(instances, host), weight)
+        assert out.returncode == 0, out.stderr
+    time.sleep(PROPAGATION_S)
+    out = cluster.app("client", "hello", "split.e2e", "--count", "4000", timeout=110)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["errors"] == []
+    share = result["tags"].get("s1", 0) / 4000
+    assert 0.20 <= share <= 0.30, result["tags"]
+
+
+def test_after_an_instance_dies_connects_succeed_on_the_other_and_it_is_deregistered(
+    cluster: Cluster,
+) -> None:
+    doomed = cluster.serve("server1", "ha.e2e", "s1")
+    cluster.serve("server2", "ha.e2e", "s2")
+    cluster.wait_instances("ha.e2e", 2)
+    assert doomed.proc is not None
+    doomed.proc.kill()  # the app dies: its listener closes
+    closed_at = time.monotonic()
+    out = cluster.app("client", "hello", "ha.e2e", "--count", "200")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == {"tags": {"s2": 200}, "errors": []}
+    cluster.wait_instances("ha.e2e", 1, timeout=5)  # within one keep-alive interval (lease TTL 5 s)
+    assert time.monotonic() - closed_at < 5 + PROPAGATION_S + 2

@@ -1,0 +1,133 @@
+"""Small applications that use the agent's client library, run inside lab hosts by the e2e tests.
+
+    python -m tests.support.agent_apps serve NAME --socket S --tag T --seconds N
+    python -m tests.support.agent_apps hello NAME --socket S --count K
+    python -m tests.support.agent_apps send NAME --socket S --bytes B [--chunk C] [--pace-ms P]
+
+- `serve`: listens on NAME (which registers it); for each accepted flow, a thread
+  sends ``TAG\\n``, then reads to EOF while hashing, then sends the SHA-256 hex of
+  what it read and closes. Exits after N seconds (bounded).
+- `hello`: K connections by name in turn; each reads the first line (the server's
+  tag) and closes. Prints JSON ``{"tags": {tag: count}, "errors": [...]}``.
+- `send`: one connection; reads the tag, sends B deterministic pseudo-random bytes
+  (optionally pacing chunks), half-closes, reads the server's SHA-256 and prints
+  JSON ``{"tag", "sent_sha256", "server_sha256", "seconds"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+
+from hostagent import client
+
+
+def _read_line(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+def _handle(conn: socket.socket, tag: str) -> None:
+    with conn:
+        conn.sendall(f"{tag}\n".encode())
+        digest = hashlib.sha256()
+        while chunk := conn.recv(1 << 16):
+            digest.update(chunk)
+        conn.sendall(digest.hexdigest().encode())
+
+
+def serve(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.seconds
+    with client.listen(args.name, agent_socket=args.socket) as listener:
+        print("listening", flush=True)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                conn, _peer = listener.accept(timeout=left)
+            except TimeoutError:
+                break
+            threading.Thread(target=_handle, args=(conn, args.tag), daemon=True).start()
+    return 0
+
+
+def hello(args: argparse.Namespace) -> int:
+    tags: Counter[str] = Counter()
+    errors: list[str] = []
+    for _ in range(args.count):
+        try:
+            with client.connect(args.name, timeout=args.timeout, agent_socket=args.socket) as sock:
+                tags[_read_line(sock)] += 1
+        except (OSError, client.ServalError) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    print(json.dumps({"tags": dict(tags), "errors": errors}))
+    return 0
+
+
+def _payload(n: int, chunk: int) -> bytes:
+    return hashlib.sha256(str(n).encode()).digest() * (chunk // 32 + 1)
+
+
+def send(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    digest = hashlib.sha256()
+    with client.connect(args.name, timeout=args.timeout, agent_socket=args.socket) as sock:
+        tag = _read_line(sock)
+        sent, n = 0, 0
+        while sent < args.bytes:
+            data = _payload(n, args.chunk)[: min(args.chunk, args.bytes - sent)]
+            sock.sendall(data)
+            digest.update(data)
+            sent, n = sent + len(data), n + 1
+            if args.pace_ms:
+                time.sleep(args.pace_ms / 1000)
+        sock.shutdown(socket.SHUT_WR)
+        server = b""
+        while chunk := sock.recv(128):
+            server += chunk
+    print(
+        json.dumps(
+            {
+                "tag": tag,
+                "sent_sha256": digest.hexdigest(),
+                "server_sha256": server.decode(),
+                "seconds": time.monotonic() - started,
+            }
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn in (("serve", serve), ("hello", hello), ("send", send)):
+        s = sub.add_parser(name)
+        s.add_argument("name")
+        s.add_argument("--socket", required=True)
+        s.add_argument("--timeout", type=float, default=10.0)
+        s.set_defaults(fn=fn)
+        if name == "serve":
+            s.add_argument("--tag", required=True)
+            s.add_argument("--seconds", type=float, default=60.0)
+        if name == "hello":
+            s.add_argument("--count", type=int, default=1)
+        if name == "send":
+            s.add_argument("--bytes", type=int, required=True)
+            s.add_argument("--chunk", type=int, default=1 << 16)
+            s.add_argument("--pace-ms", type=float, default=0.0)
+    args = p.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
