@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def start_agent(
     network: str = "lan",
     zone: str = "",
     lease_ttl: int = 5,
+    extra_args: Sequence[str] = (),
 ) -> Agent:
     """A host agent on `host` (SAL on its `network` address), its socket under `state_dir`.
 
+    `extra_args` are appended to ``serval agent`` (e.g. ``--expose``, ``--socks-listen``).
     Returns once the agent's local socket accepts connections.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +105,7 @@ def start_agent(
     ]  # fmt: skip
     if zone:
         argv += ["--zone", zone]
+    argv += list(extra_args)
     child = lab.spawn(host, argv, name=f"agent-{host}")
     deadline = time.monotonic() + 30
     while not socket_path.exists():

@@ -8,10 +8,14 @@ Start order (each step needs the previous ones):
     debounced reconciler (an initial, empty table is applied at once), the
     data-path event pump, the address poller;
  5. the local API socket (apps can now listen/connect);
- 6. the metrics HTTP server (if a port is configured).
+ 6. legacy access (`legacy.py`, if configured): SOCKS5 and upstream listeners
+    bound, exposed servers registered (a bind or registry failure fails the start);
+ 7. the metrics HTTP server (if a port is configured).
 
 Stop order is the reverse, so nothing serves on a half-stopped agent:
-metrics → address poller → local API (every listener is closed:
+metrics → address poller → legacy access (listeners closed, handshakes and
+set-ups in progress abandoned, exposed servers unlistened and deregistered;
+relayed flows continue in the data path until its shutdown) → local API (every listener is closed:
 unlisten + deregister) → event pump (drains the poll in flight) → lease
 keep-alive, host record deregistered, lease revoked → registry watch and
 reconciler → registry client → data path `shutdown()` then `join()`.
@@ -27,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from hostagent.agent.desired import Locality, desired_rules
 from hostagent.agent.events import Endpoint, EventPump
 from hostagent.agent.host_record import HostRecord
 from hostagent.agent.interfaces import AddressPoller, Reader, advertised_addresses, read_host_addresses
+from hostagent.agent.legacy import LegacyAccess, LegacyConfig
 from hostagent.agent.listeners import HostIdentity
 from hostagent.agent.local_api import LocalApi
 from hostagent.agent.metrics import AgentGauges, MetricsServer, make_registry
@@ -70,6 +75,7 @@ class AgentConfig:
     lease_ttl: int = 10
     keepalive_interval: float = 2.0
     debounce: float = 0.05
+    legacy: LegacyConfig = field(default_factory=LegacyConfig)
 
 
 class Agent:
@@ -97,6 +103,7 @@ class Agent:
         self._reconciler: Reconciler | None = None
         self._pump: EventPump | None = None
         self._api: LocalApi | None = None
+        self._legacy: LegacyAccess | None = None
 
     # Parts that exist once `start()` ran.
     @property
@@ -108,6 +115,11 @@ class Agent:
     def control(self) -> Control:
         assert self._control is not None, "start() first"
         return self._control
+
+    @property
+    def legacy(self) -> LegacyAccess:
+        assert self._legacy is not None, "start() first"
+        return self._legacy
 
     @property
     def reconciler(self) -> Reconciler:
@@ -141,6 +153,8 @@ class Agent:
         self._api = LocalApi(self._control, cfg.socket_path, cfg.socket_group)
         self._api.open()
         self._spawn("local_api", self._api.serve())
+        self._legacy = LegacyAccess(self._control, cfg.legacy)
+        await self._legacy.start()
         if cfg.metrics_port is not None:
             self.metrics = MetricsServer(make_registry(self._gauges()), cfg.metrics_addr, cfg.metrics_port)
             self.metrics_port = self.metrics.start()
@@ -169,6 +183,10 @@ class Agent:
             self.metrics.stop()
             self.metrics = None
         await self._cancel("addresses", "republish", "local_api")
+        if self._legacy is not None:
+            with contextlib.suppress(Exception):
+                await self._legacy.close()
+            self._legacy = None
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -272,4 +290,6 @@ class Agent:
             table_rules=lambda: len(rec.rules),
             listeners=lambda: len(self.control.listeners),
             registry_reconnects=lambda: self.link.reconnects,
+            legacy_connections=lambda: dict(self.legacy.connections),
+            legacy_failures=lambda: dict(self.legacy.failures),
         )

@@ -14,7 +14,9 @@ from pathlib import Path
 from hostagent.agent.agent import Agent, AgentConfig
 from hostagent.agent.datapath import DatapathUnavailable
 from hostagent.agent.events import Endpoint
+from hostagent.agent.legacy import LegacyConfig
 from hostagent.localproto import DEFAULT_SOCKET, SOCKET_ENV
+from registry import names
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -32,6 +34,32 @@ def parse_endpoint(text: str) -> Endpoint:
     if not sep or not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not ip:port (port 0..65535)")
     return (ip, number)
+
+
+def parse_upstream(text: str) -> tuple[Endpoint, str]:
+    """``ip:port=name`` → ``((ip, port), normalised name)``; `argparse.ArgumentTypeError` otherwise."""
+    endpoint, sep, name = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ip:port=name")
+    return parse_endpoint(endpoint), _service_name(name)
+
+
+def parse_expose(text: str) -> tuple[str, Endpoint]:
+    """``name=ip:port`` → ``(normalised name, (ip, port))``; `argparse.ArgumentTypeError` otherwise."""
+    name, sep, endpoint = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not name=ip:port")
+    ip, port = parse_endpoint(endpoint)
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the exposed server needs a port")
+    return _service_name(name), (ip, port)
+
+
+def _service_name(name: str) -> str:
+    try:
+        return names.normalize(name)
+    except names.InvalidName as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +89,29 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--metrics-addr", default="127.0.0.1", help="Prometheus bind address")
     p.add_argument("--address-poll", type=float, default=1.0, help="seconds between address polls")
     p.add_argument("--lease-ttl", type=int, default=10, help="registry lease TTL in seconds")
+    legacy = p.add_argument_group("legacy access (Serval's translator; all off by default)")
+    legacy.add_argument(
+        "--socks-listen",
+        type=parse_endpoint,
+        default=None,
+        help="SOCKS5 proxy ip:port (no auth, CONNECT to a service NAME; the port is ignored)",
+    )
+    legacy.add_argument(
+        "--upstream",
+        type=parse_upstream,
+        action="append",
+        default=[],
+        metavar="IP:PORT=NAME",
+        help="TCP listener whose connections are relayed to service NAME (repeatable)",
+    )
+    legacy.add_argument(
+        "--expose",
+        type=parse_expose,
+        action="append",
+        default=[],
+        metavar="NAME=IP:PORT",
+        help="register NAME for the unmodified local TCP server at IP:PORT (repeatable)",
+    )
     p.set_defaults(handler=run_agent)
 
 
@@ -78,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         address_poll=args.address_poll,
         lease_ttl=args.lease_ttl,
         keepalive_interval=max(args.lease_ttl / 3, 0.5),
+        legacy=LegacyConfig(
+            socks_listen=args.socks_listen, upstreams=tuple(args.upstream), exposes=tuple(args.expose)
+        ),
     )
 
 

@@ -12,9 +12,14 @@ effects:
   → deregister (a registry failure is logged: the lease still bounds the
   record's life).
 - `connect(name, timeout)`: validate → `socketpair()` → hand one end to
-  `datapath.connect` (which owns it from then on) → wait for
-  Connected/ConnectFailed (the data path's deadline plus `CONNECT_GRACE`) →
-  the app's end, or `ConnectFailure` with the contract's message.
+  `connect_socket` → the app's end, or `ConnectFailure` with the contract's message.
+- `connect_socket(name, sock, timeout, greeting)`: any connected stream socket
+  (a socketpair end, or a legacy client's accepted TCP socket): validate →
+  `datapath.connect` (which owns it from then on; on a refusing call or an
+  invalid name the socket is closed here) → wait for Connected/ConnectFailed
+  (the data path's deadline plus `CONNECT_GRACE`).
+- `expose(name, endpoint)`: `listen` with the data path relaying each accepted
+  flow to a local TCP server (the translator for unmodified servers).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Callable
 
 from hostagent.agent.datapath import DatapathPort
 from hostagent.agent.desired import sal_port
-from hostagent.agent.events import Accepted, Connected, ConnectFailed, Delayed, Overflow
+from hostagent.agent.events import Accepted, Connected, ConnectFailed, Delayed, Endpoint, Overflow
 from hostagent.agent.listeners import Deliver, HostIdentity, Listeners, listener_instance
 from hostagent.agent.reconcile import Reconciler
 from hostagent.agent.session import Registrar
@@ -43,7 +48,17 @@ MAX_CONNECT_TIMEOUT = 300.0
 
 
 class ConnectFailure(Exception):
-    """A connect that failed; the message names the service and what was tried."""
+    """A connect that failed; the message names the service and what was tried.
+
+    `event` is the data path's answer when there was one. `settled` is True when
+    no flow can exist (an answer, an invalid name, a refusing call) and False
+    when the data path did not answer in time (the flow's fate is unknown).
+    """
+
+    def __init__(self, message: str, event: ConnectFailed | None = None, *, settled: bool = True) -> None:
+        super().__init__(message)
+        self.event = event
+        self.settled = settled
 
 
 def failure_message(name: str, event: ConnectFailed) -> str:
@@ -79,12 +94,16 @@ class Control:
 
     # ---- local API operations --------------------------------------------------
 
-    async def listen(self, name: str, deliver: Deliver) -> tuple[int, str]:
-        """Open a listener for `name`; return ``(listener id, service id hex)``. `InvalidName`."""
+    async def listen(self, name: str, deliver: Deliver, expose: Endpoint | None = None) -> tuple[int, str]:
+        """Open a listener for `name`; return ``(listener id, service id hex)``. `InvalidName`.
+
+        With `expose`, the data path connects each accepted flow to that local TCP
+        server instead of emitting `Accepted` (`deliver` then only sees strays).
+        """
         service = names.normalize(name)
-        listener = self.listeners.open(service, deliver)
+        listener = self.listeners.open(service, deliver, expose)
         try:
-            self.datapath.listen(listener.listener_id)
+            self.datapath.listen(listener.listener_id, expose)
             await self.session.put(listener_instance(self.host, listener))
         except BaseException:
             self.listeners.close(listener.listener_id)
@@ -106,34 +125,58 @@ class Control:
         except Exception as e:
             log.warning("deregistering %s failed (its lease still bounds it): %s", instance.key, e)
 
+    async def expose(self, name: str, endpoint: Endpoint) -> int:
+        """Register `name` for the unmodified TCP server at `endpoint`; the listener id."""
+        listener_id, _ = await self.listen(name, _refuse_stray, expose=endpoint)
+        return listener_id
+
     async def connect(self, name: str, timeout: float) -> tuple[socket.socket, Connected]:
         """Set up a flow to `name`; the app's end of the stream. `InvalidName`, `ConnectFailure`."""
-        sid = names.service_id(name)
-        timeout = min(max(timeout, 0.001), MAX_CONNECT_TIMEOUT)
+        names.service_id(name)  # an invalid name raises before any socket exists
         app_end, dp_end = socket.socketpair()
+        try:
+            connected = await self.connect_socket(name, dp_end, timeout)
+        except BaseException:
+            app_end.close()
+            raise
+        return app_end, connected
+
+    async def connect_socket(
+        self, name: str, sock: socket.socket, timeout: float, greeting: bytes = b""
+    ) -> Connected:
+        """Relay the connected stream socket `sock` over a new flow to `name`.
+
+        Always takes `sock`: the data path owns it once its `connect` returns, and
+        it is closed here if the name is invalid or the call refuses. `greeting`
+        is written to `sock` by the data path once the flow is established, before
+        any byte from the peer. `InvalidName`, `ConnectFailure`.
+        """
+        try:
+            sid = names.service_id(name)
+        except BaseException:
+            sock.close()
+            raise
+        service = names.normalize(name)
+        timeout = min(max(timeout, 0.001), MAX_CONNECT_TIMEOUT)
         request_id = next(self._request_ids)
         fut: asyncio.Future[Connected | ConnectFailed] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
         try:
-            fd = dp_end.detach()
+            fd = sock.detach()
             try:
-                self.datapath.connect(request_id, sid.raw, fd, int(timeout * 1000))
+                self.datapath.connect(request_id, sid.raw, fd, int(timeout * 1000), greeting)
             except Exception as e:
                 os.close(fd)  # not taken: a refusing call does not own the fd
-                raise ConnectFailure(f"{names.normalize(name)}: {e}") from e
+                raise ConnectFailure(f"{service}: {e}") from e
             try:
                 result = await asyncio.wait_for(fut, timeout + CONNECT_GRACE)
             except TimeoutError:
-                raise ConnectFailure(f"{names.normalize(name)}: no answer from the data path") from None
-        except BaseException:
-            app_end.close()
-            raise
+                raise ConnectFailure(f"{service}: no answer from the data path", settled=False) from None
         finally:
             self._pending.pop(request_id, None)
         if isinstance(result, ConnectFailed):
-            app_end.close()
-            raise ConnectFailure(failure_message(names.normalize(name), result))
-        return app_end, result
+            raise ConnectFailure(failure_message(service, result), result)
+        return result
 
     async def set_host(self, host: HostIdentity) -> None:
         """The host identity changed (addresses): re-register every listener with it."""
@@ -167,4 +210,9 @@ class Control:
     def on_overflow(self, event: Overflow) -> None:
         self.reconciler.resync()
         for listener in self.listeners:
-            self.datapath.listen(listener.listener_id)
+            self.datapath.listen(listener.listener_id, self.listeners.exposed(listener.listener_id))
+
+
+def _refuse_stray(event: Accepted) -> None:
+    """An exposed listener gets no `Accepted` events by contract; close any that arrives."""
+    os.close(event.app_fd)

@@ -66,10 +66,14 @@ class DatapathPort(Protocol):
         """No new flows for `listener_id`; existing flows continue. False if it was unknown."""
         ...
 
-    def connect(self, request_id: int, service_id: bytes, app: int, deadline_ms: int) -> None:
+    def connect(
+        self, request_id: int, service_id: bytes, app: int, deadline_ms: int, greeting: bytes = b""
+    ) -> None:
         """Take ownership of the fd `app` and answer later with `Connected` or `ConnectFailed`.
 
-        If the call raises, the caller still owns the fd."""
+        If the call raises, the caller still owns the fd. `greeting` is written to
+        the app once the flow is established, before any byte from the peer, and
+        never if the set-up fails (the translator's SOCKS5 success reply)."""
         ...
 
     def settle_delay(self, request_id: int, release: bool) -> bool:

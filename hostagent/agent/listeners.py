@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from hostagent.agent.desired import SAL_PORT_KEY, LocalListener
-from hostagent.agent.events import Accepted
+from hostagent.agent.events import Accepted, Endpoint
 from registry.model import Instance
 
 AGENT_KEY = "serval.agent"
@@ -57,15 +57,25 @@ class Listeners:
     def __init__(self) -> None:
         self._next_id = 1
         self._open: dict[int, tuple[LocalListener, Deliver]] = {}
+        self._exposed: dict[int, Endpoint] = {}
 
-    def open(self, service: str, deliver: Deliver) -> LocalListener:
-        """Allocate an id for `service` (already normalised) and remember where to deliver."""
+    def open(self, service: str, deliver: Deliver, expose: Endpoint | None = None) -> LocalListener:
+        """Allocate an id for `service` (already normalised) and remember where flows go.
+
+        `expose`: the local TCP server the data path relays this listener's flows to."""
         listener = LocalListener(self._next_id, service)
         self._next_id += 1
         self._open[listener.listener_id] = (listener, deliver)
+        if expose is not None:
+            self._exposed[listener.listener_id] = expose
         return listener
 
+    def exposed(self, listener_id: int) -> Endpoint | None:
+        """The local server an exposed listener relays to; None for an app's listener."""
+        return self._exposed.get(listener_id)
+
     def close(self, listener_id: int) -> LocalListener | None:
+        self._exposed.pop(listener_id, None)
         entry = self._open.pop(listener_id, None)
         return entry[0] if entry else None
 

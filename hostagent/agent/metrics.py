@@ -18,12 +18,17 @@ contract and the control-plane values are plain ints read without locks
 | `serval_agent_table_rules` | gauge | rules in the table in force |
 | `serval_agent_listeners` | gauge | open local listeners |
 | `serval_agent_registry_reconnects_total` | counter | watch resumptions |
+| `serval_agent_legacy_connections_total{kind}` | counter | translator: accepted (`socks`/`upstream`) |
+| `serval_agent_legacy_failures_total{kind,reason}` | counter | of those, failed (see below) |
+
+Legacy failure reasons: `handshake` (SOCKS5 refused or abandoned), `connect`
+(no flow could be set up), `overload` (too many connections pending).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
@@ -32,6 +37,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 NAMESPACE = "serval_agent"
+LEGACY_KINDS = ("socks", "upstream")
+LEGACY_FAILURES = ("handshake", "connect", "overload")
 _DATAPATH_COUNTERS = (
     "flows_opened",
     "flows_accepted",
@@ -55,6 +62,8 @@ class AgentGauges:
     table_rules: Callable[[], int]
     listeners: Callable[[], int]
     registry_reconnects: Callable[[], int]
+    legacy_connections: Callable[[], Mapping[str, int]] = field(default=dict)
+    legacy_failures: Callable[[], Mapping[tuple[str, str], int]] = field(default=dict)
 
 
 class AgentCollector(Collector):
@@ -80,6 +89,22 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             f"{NAMESPACE}_registry_reconnects", "Registry watch resumptions", g.registry_reconnects()
         )
+        yield from self._legacy()
+
+    def _legacy(self) -> Iterator[Metric]:
+        connections, failures = self.gauges.legacy_connections(), self.gauges.legacy_failures()
+        total = CounterMetricFamily(
+            f"{NAMESPACE}_legacy_connections", "Connections accepted by the translator", labels=["kind"]
+        )
+        failed = CounterMetricFamily(
+            f"{NAMESPACE}_legacy_failures", "Translator connections that failed", labels=["kind", "reason"]
+        )
+        for kind in LEGACY_KINDS:
+            total.add_metric([kind], connections.get(kind, 0))
+            for reason in LEGACY_FAILURES:
+                failed.add_metric([kind, reason], failures.get((kind, reason), 0))
+        yield total
+        yield failed
 
 
 def make_registry(gauges: AgentGauges) -> CollectorRegistry:

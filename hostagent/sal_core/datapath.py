@@ -28,6 +28,8 @@ from hostagent.sal_core.table import ApplyResult, Rule
 
 Addr: TypeAlias = tuple[str, int]
 
+MAX_GREETING = 4096  # bytes; `Datapath.connect(greeting=...)` (MAX_GREETING in datapath/mod.rs)
+
 
 @dataclass(frozen=True)
 class DatapathConfig:
@@ -194,15 +196,18 @@ class Datapath:
         service_id: bytes | tuple[bytes, int],
         app: int | socket.socket,
         deadline_ms: int,
+        greeting: bytes = b"",
     ) -> None:
         """Set up a flow for the app's connected stream socket; answered by an event.
 
         Ownership of `app` passes to the data path when this returns (a socket
         object is detached); if it raises, the caller still owns it.
+        `greeting` (at most `MAX_GREETING` bytes) is written to the app once the
+        flow is established, before any byte from the peer; never on failure.
         """
         sid, bits = service_id if isinstance(service_id, tuple) else (service_id, 256)
         fd = app.fileno() if isinstance(app, socket.socket) else app
-        self._ref.connect(request_id, sid, fd, deadline_ms, bits)
+        self._ref.connect(request_id, sid, fd, deadline_ms, bits, greeting)
         if isinstance(app, socket.socket):
             app.detach()
 
@@ -243,6 +248,7 @@ def start(config: DatapathConfig) -> Datapath:
 
 
 __all__ = [
+    "MAX_GREETING",
     "Accepted",
     "Addr",
     "ConnectFailed",

@@ -13,7 +13,8 @@ What it does, per the contract in `docs/agent-datapath.md`:
   (tests talk to the app through it); unreachable ones give `TargetFailed`
   and an ``("ip:port", "refused")`` entry in `ConnectFailed.tried`. DEMUX to a
   local listener: the fd itself is handed to the listener as `Accepted`
-  (a local short-cut: the two apps talk directly). DELAY → `Delayed`; no
+  (a local short-cut: the two apps talk directly). A `greeting` is written
+  to the app's socket on success, before anything else. DELAY → `Delayed`; no
   rule → ``ConnectFailed("no route")``.
 - `inject_accept(listener_id)`: a remote flow arrives; returns the remote
   side's socket, whose bytes reach the app through the delivered fd.
@@ -42,6 +43,7 @@ from hostagent.agent.events import (
     Overflow,
     TargetFailed,
 )
+from hostagent.sal_core.datapath import MAX_GREETING
 from hostagent.sal_core.table import ApplyResult, Rule, RuleKind, Target
 
 
@@ -64,6 +66,7 @@ class FakeDatapath:
         self.counters: Counter[str] = Counter()
         self.stopped = False
         self._delayed: dict[int, tuple[bytes, socket.socket]] = {}
+        self._greetings: dict[int, bytes] = {}
         self._events: deque[Event] = deque()
         self._dropped = 0
         self._cond = threading.Condition()
@@ -121,7 +124,12 @@ class FakeDatapath:
         with self._cond:
             return self.listening.pop(listener_id, None) is not None
 
-    def connect(self, request_id: int, service_id: bytes, app: int, deadline_ms: int) -> None:
+    def connect(
+        self, request_id: int, service_id: bytes, app: int, deadline_ms: int, greeting: bytes = b""
+    ) -> None:
+        if len(greeting) > MAX_GREETING:
+            raise ValueError(f"greeting longer than {MAX_GREETING} bytes")
+        self._greetings[request_id] = greeting
         self._resolve(request_id, service_id, socket.socket(fileno=app))
 
     def settle_delay(self, request_id: int, release: bool) -> bool:
@@ -144,6 +152,7 @@ class FakeDatapath:
             self._delayed[request_id] = (sid, sock)
             return self._emit(Delayed(request_id, sid))
         if rule.kind == RuleKind.DEMUX and rule.listener in self.listening:
+            self._greet(request_id, sock)
             flow_id = next(self._flow_ids)
             self._emit(Connected(request_id, flow_id, self._sal[0]))
             self.counters["flows_opened"] += 1
@@ -155,6 +164,7 @@ class FakeDatapath:
         for target in self._eligible(rule.targets):
             endpoint = (target.host, target.port)
             if self.reachable is None or endpoint in self.reachable:
+                self._greet(request_id, sock)
                 flow_id = next(self._flow_ids)
                 self.flows[flow_id] = sock
                 self.counters["flows_opened"] += 1
@@ -165,6 +175,12 @@ class FakeDatapath:
             tried.append((f"{target.host}:{target.port}", "refused"))
         self._fail(request_id, sock, "no target reachable", tried)
 
+    def _greet(self, request_id: int, sock: socket.socket) -> None:
+        """The flow is established: the greeting goes to the app before anything else."""
+        greeting = self._greetings.pop(request_id, b"")
+        if greeting:
+            sock.sendall(greeting)
+
     @staticmethod
     def _eligible(targets: Sequence[Target]) -> list[Target]:
         return sorted((t for t in targets if t.weight > 0), key=lambda t: (t.tier, -t.weight, t.host, t.port))
@@ -172,6 +188,7 @@ class FakeDatapath:
     def _fail(
         self, request_id: int, sock: socket.socket, reason: str, tried: Sequence[tuple[str, str]] = ()
     ) -> None:
+        self._greetings.pop(request_id, None)
         sock.close()
         self.counters["connect_failures"] += 1
         self._emit(ConnectFailed(request_id, reason, tuple(tried)))

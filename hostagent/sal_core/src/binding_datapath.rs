@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::binding_table::{apply_rules, service_id, socket_addr, RuleTuple};
-use crate::datapath::{is_open_fd, Datapath, DatapathConfig, Event};
+use crate::datapath::{is_open_fd, Datapath, DatapathConfig, Event, MAX_GREETING};
 use crate::flow;
 use crate::service_id::ServiceId;
 
@@ -193,7 +193,9 @@ impl DatapathRef {
     }
 
     /// Takes ownership of `app_fd` (unless this raises) and sets up a flow.
-    #[pyo3(signature = (request_id, service_id, app_fd, deadline_ms, prefix_bits = 256))]
+    /// `greeting`: bytes written to the app once the flow is established,
+    /// before any byte from the peer (at most 4096).
+    #[pyo3(signature = (request_id, service_id, app_fd, deadline_ms, prefix_bits = 256, greeting = Vec::new()))]
     fn connect(
         &self,
         request_id: u64,
@@ -201,10 +203,16 @@ impl DatapathRef {
         app_fd: i32,
         deadline_ms: u64,
         prefix_bits: u32,
+        greeting: Vec<u8>,
     ) -> PyResult<()> {
         let bytes = self::service_id(&service_id)?;
         if prefix_bits > 256 {
             return Err(PyValueError::new_err("prefix_bits must be 0..=256"));
+        }
+        if greeting.len() > MAX_GREETING {
+            return Err(PyValueError::new_err(format!(
+                "greeting longer than {MAX_GREETING} bytes"
+            )));
         }
         if !is_open_fd(app_fd) {
             return Err(PyValueError::new_err(format!("{app_fd} is not an open fd")));
@@ -216,7 +224,13 @@ impl DatapathRef {
         let fd = unsafe { OwnedFd::from_raw_fd(app_fd) };
         let service = ServiceId { bytes, prefix_bits };
         self.dp
-            .connect(request_id, service, fd, Duration::from_millis(deadline_ms))
+            .connect_with_greeting(
+                request_id,
+                service,
+                fd,
+                Duration::from_millis(deadline_ms),
+                greeting,
+            )
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 

@@ -1,5 +1,5 @@
 //! Data path over real loopback sockets: set-up, relay, close, refusal,
-//! failover, expose (translator), DELAY, local DEMUX, shutdown.
+//! failover, expose (translator), greetings, DELAY, local DEMUX, shutdown.
 
 mod datapath_common;
 
@@ -161,6 +161,57 @@ fn exposed_listener_relays_to_a_local_tcp_server() {
         !evb.seen.iter().any(is_accepted),
         "no Accepted in expose mode"
     );
+}
+
+#[test]
+fn greeting_reaches_the_app_before_the_peers_first_bytes() {
+    // The server speaks first (a banner) and closes at once, possibly before
+    // the acceptor's set-up completed: the greeting must still come first,
+    // and the banner must not be lost to an early close.
+    let banner = TcpListener::bind("127.0.0.1:0").unwrap();
+    let banner_addr = banner.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = banner.accept().unwrap();
+        s.write_all(b"220 ready\n").unwrap();
+        let _ = s.shutdown(Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    });
+    let a = start();
+    let b = start();
+    b.listen(2, Some(banner_addr));
+    apply(&b, 1, vec![demux("banner.test", 2)]);
+    apply(&a, 1, vec![forward("banner.test", &[(sal(&b), 0)])]);
+    let (mut app, fd) = app_pair();
+    let reply = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00".to_vec();
+    a.connect_with_greeting(1, sid("banner.test"), fd, WAIT, reply.clone())
+        .unwrap();
+    Events::new(&a).wait("connected", is_connected);
+    app.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).unwrap();
+    assert_eq!(got, [reply.as_slice(), b"220 ready\n"].concat());
+    Events::new(&a).wait("flow_closed", |e| matches!(e, Event::FlowClosed { .. }));
+    assert_eq!(stat(&a, "bytes_in"), 10, "the greeting is not flow data");
+}
+
+#[test]
+fn greeting_is_not_written_when_the_setup_fails_and_is_bounded() {
+    let a = start();
+    let (mut app, fd) = app_pair();
+    a.connect_with_greeting(1, sid("nowhere.test"), fd, WAIT, b"ok".to_vec())
+        .unwrap();
+    Events::new(&a).wait("connect_failed", |e| {
+        matches!(e, Event::ConnectFailed { .. })
+    });
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "nothing but EOF on failure: {got:?}");
+    let (_app, fd) = app_pair();
+    let huge = vec![0u8; sal_core::datapath::MAX_GREETING + 1];
+    assert!(a
+        .connect_with_greeting(2, sid("x.test"), fd, WAIT, huge)
+        .is_err());
 }
 
 #[test]

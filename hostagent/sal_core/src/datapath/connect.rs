@@ -11,6 +11,10 @@
 //! (loopback): one code path for local and remote flows. DELAY → the
 //! set-up is held (bounded queue) and `Delayed` emitted until
 //! `settle_delay`. DROP / no route → `ConnectFailed`.
+//!
+//! A request may carry a greeting: bytes the driver writes to the app fd
+//! once the flow is established, before any byte from the peer (a SOCKS5
+//! success reply for the translator). On failure nothing is written.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -37,6 +41,8 @@ pub(crate) struct ConnectReq {
     pub service: ServiceId,
     pub app_fd: OwnedFd,
     pub deadline: Instant,
+    /// Written to the app once the flow is established, before any relayed byte.
+    pub greeting: Vec<u8>,
 }
 
 /// A flow established over `stream` to `target`.
@@ -53,6 +59,7 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
         service,
         app_fd,
         deadline,
+        greeting,
     } = req;
     let flow_key = random_u64();
     let mut tried: Vec<(SocketAddr, String)> = Vec::new();
@@ -80,7 +87,7 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
             Verdict::NoRoute => break "no route".into(),
         };
         match attempt(&sh, target, service, deadline).await {
-            Ok(est) => return start(&sh, request_id, est, app_fd),
+            Ok(est) => return start(&sh, request_id, est, app_fd, greeting),
             Err(reason) => {
                 Stats::bump(&sh.stats.failovers);
                 sh.emit(DpEvent::TargetFailed {
@@ -102,7 +109,7 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
     });
 }
 
-fn start(sh: &Arc<Shared>, request_id: u64, est: Established, app_fd: OwnedFd) {
+fn start(sh: &Arc<Shared>, request_id: u64, est: Established, app_fd: OwnedFd, greeting: Vec<u8>) {
     Stats::bump(&sh.stats.flows_opened);
     Stats::bump(&sh.stats.flows_active);
     sh.emit(DpEvent::Connected {
@@ -119,6 +126,7 @@ fn start(sh: &Arc<Shared>, request_id: u64, est: Established, app_fd: OwnedFd) {
         est.stream,
         est.leftover,
         peer,
+        greeting,
     );
 }
 

@@ -60,6 +60,9 @@ enum Wake {
 /// Starts the driver of an accepted or established flow: registers it
 /// under its local flow ID (so RSYNs find it) and spawns its task.
 /// `known_peer`: the SAL endpoint the flow was set up to (initiator).
+/// `greeting`: written to the app before any delivered byte (not counted
+/// as flow data: neither `bytes_in` nor the receive window).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     sh: Arc<Shared>,
     flow: Flow,
@@ -68,8 +71,14 @@ pub(crate) fn spawn(
     stream: TcpStream,
     leftover: Vec<u8>,
     known_peer: Option<SocketAddr>,
+    greeting: Vec<u8>,
 ) {
     let id = flow.local_flow();
+    let greeting_left = greeting.len();
+    let app_out: VecDeque<Vec<u8>> = Some(greeting)
+        .filter(|g| !g.is_empty())
+        .into_iter()
+        .collect();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = mpsc::channel(64);
     lock(&sh.flows).insert(id, cmd_tx.clone());
@@ -80,8 +89,10 @@ pub(crate) fn spawn(
         initiator,
         app: None,
         app_eof: false,
-        app_out: VecDeque::new(),
+        close_when_established: false,
+        app_out,
         app_out_off: 0,
+        greeting_left,
         peer_closed: false,
         app_wr_shut: false,
         conns: Vec::new(),
@@ -108,9 +119,13 @@ struct Driver {
     initiator: bool,
     app: Option<AppFd>,
     app_eof: bool,
+    /// The app's EOF arrived before set-up completed (see `handle`).
+    close_when_established: bool,
     /// Delivered bytes not yet written to the app (front chunk from `app_out_off`).
     app_out: VecDeque<Vec<u8>>,
     app_out_off: usize,
+    /// Bytes of the greeting (the front of `app_out`) not yet written.
+    greeting_left: usize,
     peer_closed: bool,
     app_wr_shut: bool,
     conns: Vec<Conn>,
@@ -193,7 +208,14 @@ impl Driver {
             Wake::Conn(ConnEvent::Down(cid, _why)) => self.conn_down(cid),
             Wake::AppRead(Ok(0)) => {
                 self.app_eof = true;
-                self.flow.close(now);
+                // Before set-up completes the machine can only abort; an
+                // exposed server that writes and closes at once must not
+                // lose its bytes, so its FIN waits for `Established`.
+                if matches!(self.flow.state(), State::SynSent | State::SynReceived) {
+                    self.close_when_established = true;
+                } else {
+                    self.flow.close(now);
+                }
             }
             Wake::AppRead(Ok(n)) => {
                 let taken = self.flow.write(&self.rbuf[..n], now);
@@ -222,8 +244,13 @@ impl Driver {
             self.app_out.pop_front();
             self.app_out_off = 0;
         }
-        Stats::add(&self.sh.stats.bytes_in, n as u64);
-        self.flow.read_done(n as u64, now);
+        let own = n.min(self.greeting_left);
+        self.greeting_left -= own;
+        let n = (n - own) as u64;
+        if n > 0 {
+            Stats::add(&self.sh.stats.bytes_in, n);
+            self.flow.read_done(n, now);
+        }
     }
 
     fn on_cmd(&mut self, cmd: FlowCmd) {
@@ -313,7 +340,11 @@ impl Driver {
 
     fn on_event(&mut self, ev: Event, source: Option<u64>) {
         match ev {
-            Event::Established => {}
+            Event::Established => {
+                if std::mem::take(&mut self.close_when_established) {
+                    self.flow.close(self.sh.now_ms());
+                }
+            }
             Event::PeerClosed => self.peer_closed = true,
             Event::Closed => self.finish("fin".into(), false),
             Event::Reset { reason, remote } => {

@@ -144,7 +144,7 @@ async fn on_syn(
             peer,
         });
     }
-    driver::spawn(sh, f, false, ours, stream, rest, None);
+    driver::spawn(sh, f, false, ours, stream, rest, None, Vec::new());
 }
 
 /// A connection to an exposed local server, as an owned fd.

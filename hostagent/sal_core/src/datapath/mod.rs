@@ -51,6 +51,10 @@ mod appfd_api {
     }
 }
 
+/// Longest greeting `connect_with_greeting` accepts (it must fit a fresh
+/// socket's send buffer: the driver never waits on it before relaying).
+pub const MAX_GREETING: usize = 4096;
+
 /// Tunables of a data path. Times are milliseconds.
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
@@ -177,6 +181,28 @@ impl Datapath {
         app_fd: OwnedFd,
         deadline: Duration,
     ) -> io::Result<()> {
+        self.connect_with_greeting(request_id, service, app_fd, deadline, Vec::new())
+    }
+
+    /// `connect`, and once the flow is established the data path writes
+    /// `greeting` to the app before any byte from the peer (at most
+    /// [`MAX_GREETING`] bytes; nothing is written if the set-up fails).
+    /// Serval's translator sends its SOCKS5 success reply this way, so the
+    /// reply can neither lie about a failed set-up nor race the peer's bytes.
+    pub fn connect_with_greeting(
+        &self,
+        request_id: u64,
+        service: ServiceId,
+        app_fd: OwnedFd,
+        deadline: Duration,
+        greeting: Vec<u8>,
+    ) -> io::Result<()> {
+        if greeting.len() > MAX_GREETING {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("greeting longer than {MAX_GREETING} bytes"),
+            ));
+        }
         if self.sh.stopping() {
             return Err(io::Error::other("the data path is shut down"));
         }
@@ -185,6 +211,7 @@ impl Datapath {
             service,
             app_fd,
             deadline: tokio::time::Instant::now() + deadline,
+            greeting,
         };
         self.handle.spawn(connect::run(self.sh.clone(), req));
         Ok(())
