@@ -181,7 +181,12 @@ impl Driver {
         let can_read = self.app.is_some() && !self.app_eof && room > 0;
         let front = self.app_out.front().map(|b| &b[self.app_out_off..]);
         let app = self.app.as_ref();
-        let stopped = self.stopped || *stop.borrow();
+        if !self.stopped && *stop.borrow() {
+            // Stopped before this driver subscribed (or between two waits):
+            // `changed()` will not fire for a value already seen.
+            return Wake::Stop;
+        }
+        let stopped = self.stopped;
         tokio::select! {
             c = self.cmd_rx.recv() => Wake::Cmd(c),
             Some(e) = self.conn_rx.recv() => Wake::Conn(e),
