@@ -75,6 +75,12 @@ def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) 
     assert "nothing left running" in out
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
-    assert not any(
-        str(tmp_path) in " ".join(p.cmdline()) for p in psutil.process_iter() if p.pid != os.getpid()
-    )
+    assert not any(str(tmp_path) in cmdline(p) for p in psutil.process_iter() if p.pid != os.getpid())
+
+
+def cmdline(process: psutil.Process) -> str:
+    """The command line of `process`; empty for one that exited or is a zombie meanwhile."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
