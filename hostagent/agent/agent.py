@@ -22,7 +22,16 @@ reconciler → registry client → data path `shutdown()` then `join()`.
 
 `run()` returns when `request_stop()` is called, and raises when a
 background task fails (e.g. a non-retryable registry error): an agent that
-cannot do its job stops instead of serving a stale table.
+cannot do its job stops instead of serving a stale table. The failure is
+logged before stopping; a service task that ends by a cancellation nobody
+asked for counts as a failure too.
+
+Address changes (the poller; addresses of interfaces that are down count as
+gone): removed addresses go to the data path first (its flows move), then
+added ones; after a removal the registry connection is reopened at once (it
+may have used the removed address and would otherwise hang until a deadline,
+which can be longer than the lease TTL), and the listeners and host record
+are re-registered with the new addresses (retried until it works).
 """
 
 from __future__ import annotations
@@ -172,7 +181,10 @@ class Agent:
         finally:
             stopper.cancel()
             await asyncio.gather(stopper, return_exceptions=True)
-            failed = {n: t.exception() for n, t in self._tasks.items() if t.done() and not t.cancelled()}
+            ended = [(n, t) for n, t in self._tasks.items() if t.done() and not _did_its_job(n, t)]
+            failed = {n: _error(t) for n, t in ended}
+            for name, error in failed.items():  # logged now: stopping may take a while
+                log.error("agent task %r ended; stopping", name, exc_info=error)
             await self.stop()
         for name, error in failed.items():
             raise RuntimeError(f"agent task {name!r} ended") from error
@@ -255,6 +267,10 @@ class Agent:
             self.datapath.address_removed(ip)
         for ip in sorted(added):
             self.datapath.address_added(ip)
+        if removed:
+            # The registry connection may have used a removed address: it would hang
+            # until a deadline (longer than a short lease's TTL). Open a new one now.
+            await self.client.reconnect()
         host = self._host_identity(self.poller.current)
         if not host.addresses:
             log.warning("the host has no usable address left; keeping the registered ones")
@@ -293,3 +309,18 @@ class Agent:
             legacy_connections=lambda: dict(self.legacy.connections),
             legacy_failures=lambda: dict(self.legacy.failures),
         )
+
+
+_ONE_SHOT = frozenset({"republish"})  # background tasks that end by themselves when done
+
+
+def _did_its_job(name: str, task: asyncio.Task[None]) -> bool:
+    return name in _ONE_SHOT and not task.cancelled() and task.exception() is None
+
+
+def _error(task: asyncio.Task[None]) -> BaseException | None:
+    """Why a service task ended: its exception, a cancellation nobody asked for (e.g. a
+    gRPC stream cancelled under it), or None (it returned)."""
+    if task.cancelled():
+        return asyncio.CancelledError(f"task {task.get_name()} was cancelled")
+    return task.exception()

@@ -52,16 +52,30 @@ class RegistryClient:
 
     def stub(self) -> pb_grpc.RegistryStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            # A channel of its own subchannels: a new channel after `reconnect` must open a
+            # new connection, not reuse the (possibly dead) one from the global pool.
+            self._channel = grpc.aio.insecure_channel(
+                self.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
             self._stub = pb_grpc.RegistryStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     async def failover(self) -> None:
         """Drop the current channel and move to the next target."""
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel, self._stub = None, None
+        await self.reconnect()
         self._index = (self._index + 1) % len(self.targets)
+
+    async def reconnect(self) -> None:
+        """Drop the current channel; the next call opens a new one to the same target.
+
+        For when the channel's connection may be dead without the channel knowing
+        (e.g. the host's address it was bound to went away). Calls and streams in
+        flight on the old channel are cancelled; the client's own calls and
+        `keep_session_alive` / `Watch` retry on the new one.
+        """
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -72,6 +86,15 @@ class RegistryClient:
         for attempt in range(self._attempts):
             try:
                 return await call(self.stub())
+            except asyncio.CancelledError:
+                if not channel_closed_under_us():
+                    raise
+                if attempt == self._attempts - 1:  # an error, not a cancellation, for the caller
+                    raise rpc_error(
+                        grpc.StatusCode.UNAVAILABLE, "the channel was closed during the call"
+                    ) from None
+                log.debug("registry %s: channel closed during a call; retrying", self.target)
+                continue  # someone else replaced the channel: retry on the new one
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRYABLE or attempt == self._attempts - 1:
                     raise
@@ -145,6 +168,18 @@ class RegistryClient:
     def watch(self, from_revision: int = 0, subscriber_id: str = "", suffix: str = "") -> Watch:
         """A resumable watch stream (see `Watch`)."""
         return Watch(self, from_revision, subscriber_id, suffix)
+
+
+def channel_closed_under_us() -> bool:
+    """Inside ``except asyncio.CancelledError``: True if the error came from a gRPC call
+    cancelled locally because its channel was closed (`RegistryClient.reconnect` /
+    `failover` by another task sharing the client), not from cancelling this task.
+
+    grpc.aio raises `asyncio.CancelledError` (not an `AioRpcError`) from such calls;
+    treating it as this task's cancellation would silently end long-running loops.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -268,6 +303,13 @@ class Watch:
                 log.info(
                     "watch on %s ended (%s: %s); resuming", self.client.target, e.code().name, e.details()
                 )
+            except asyncio.CancelledError:
+                if not channel_closed_under_us():
+                    raise
+                log.info("watch on %s: channel replaced; resuming", self.client.target)
+                self.reconnects += 1
+                await asyncio.sleep(delay)
+                continue
             self.reconnects += 1
             await self.client.failover()
             await asyncio.sleep(delay)
@@ -362,6 +404,10 @@ async def keep_session_alive(client: RegistryClient, lease_id: int, interval: fl
                 raise
             await client.failover()
             await asyncio.sleep(min(interval, 0.2))
+        except asyncio.CancelledError:
+            if not channel_closed_under_us():
+                raise
+            await asyncio.sleep(min(interval, 0.05))  # the channel was replaced: use the new one
         finally:
             stop.set()
             call.cancel()

@@ -163,3 +163,31 @@ def test_after_an_instance_dies_connects_succeed_on_the_other_and_it_is_deregist
     assert result == {"tags": {"s2": 200}, "errors": []}
     cluster.wait_instances("ha.e2e", 1, timeout=5)  # within one keep-alive interval (lease TTL 5 s)
     assert time.monotonic() - closed_at < 5 + PROPAGATION_S + 2
+
+
+def test_server_address_change_during_a_200_mb_transfer(cluster: Cluster) -> None:
+    cluster.serve("server2", "bulk.e2e", "s2")
+    cluster.wait_instances("bulk.e2e", 1)
+    lab = cluster.lab
+    old = lab.address("server2", "lan")
+    transfer = cluster.start_send("bulk.e2e", 200 << 20, pace_ms=2)
+    time.sleep(2.0)
+    assert transfer.poll() is None, "the transfer ended before the address changed"
+    new = old.rsplit(".", 1)[0] + ".200"  # same network, an address nobody has
+    lab.add_address("server2", "lan", new)
+    lab.remove_address("server2", "lan", old)
+    result = cluster.finish(transfer)
+    assert result["tag"] == "s2"
+    assert result["server_sha256"] == result["sent_sha256"]
+
+
+def test_client_interface_down_during_a_transfer_moves_the_flow_to_the_other(cluster: Cluster) -> None:
+    cluster.serve("server1", "mh.e2e", "s1")
+    cluster.wait_instances("mh.e2e", 1)
+    transfer = cluster.start_send("mh.e2e", 200 << 20, pace_ms=2)
+    time.sleep(2.0)
+    assert transfer.poll() is None, "the transfer ended before the interface went down"
+    cluster.lab.set_link("client", "eth0", up=False)
+    result = cluster.finish(transfer)
+    assert result["tag"] == "s1"
+    assert result["server_sha256"] == result["sent_sha256"]

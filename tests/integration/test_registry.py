@@ -137,6 +137,38 @@ async def test_lease_expiry_removes_instances_and_keep_alive_keeps_them(start_re
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_keep_alive_and_watch_survive_a_reconnect_by_another_task(start_replica: StartReplica) -> None:
+    """grpc.aio raises `asyncio.CancelledError` from calls whose channel was closed; the
+    client's long-running loops sharing that channel must resume, not end as if cancelled."""
+    _, client = await start_replica()
+    session = await client.open_session(2)
+    first = await client.register(inst("kept"), lease_id=session.lease_id)
+    keeper = asyncio.create_task(keep_session_alive(client, session.lease_id, interval=0.5))
+    later_seen = asyncio.Event()
+
+    async def follow() -> None:
+        async for msg in client.watch(from_revision=first.revision, subscriber_id="reconnects"):
+            if any(d.instance.instance_id == "later" for d in msg.deltas):
+                later_seen.set()
+
+    follower = asyncio.create_task(follow())
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0.8)
+            await client.reconnect()
+        await asyncio.sleep(1.5)  # past the 2 s TTL since the first reconnect
+        assert not keeper.done() and not follower.done()
+        later = await client.register(inst("later"), lease_id=session.lease_id)
+        res = await client.resolve("payments.prod", min_revision=later.revision)
+        assert sorted(i.instance_id for i in res.instances) == ["kept", "later"]
+        await asyncio.wait_for(later_seen.wait(), 10)  # the watch resumed after the reconnects
+    finally:
+        for task in (keeper, follower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def test_watch_resume_on_another_replica_sends_only_missing_deltas(start_replica: StartReplica) -> None:
     _, a = await start_replica()
     _, b = await start_replica()

@@ -184,3 +184,17 @@ fn event_overflow_is_counted_and_reported_once() {
     );
     assert_eq!(stat(&a, "events_dropped"), 3);
 }
+
+#[test]
+fn acceptor_address_removed_while_the_initiator_sends() {
+    let p = connected_pair("acceptor-addr.test");
+    p.b.address_added("127.0.0.2".parse().unwrap());
+    let p = transfer_with(p, 16 << 20, 2 << 20, |p| {
+        p.b.address_removed("127.0.0.1".parse().unwrap());
+    });
+    match Events::new(&p.b).wait("migrated", is_migrated) {
+        Event::Migrated { local, .. } => assert_eq!(local.ip().to_string(), "127.0.0.2"),
+        _ => unreachable!(),
+    }
+    Events::new(&p.a).wait("migrated", is_migrated);
+}
