@@ -101,7 +101,7 @@ def start_agent(
     argv = [
         sys.executable, "-m", "deploy.cli", "agent", "--registry", registry, "--agent-id", host,
         "--socket", str(socket_path), "--sal-listen", f"0.0.0.0:{SAL_PORT}",
-        "--lease-ttl", str(lease_ttl), "--address-poll", "0.5",
+        "--lease-ttl", str(lease_ttl), "--address-poll", "2",
     ]  # fmt: skip
     if zone:
         argv += ["--zone", zone]

@@ -158,7 +158,8 @@ class Agent:
         self._spawn("watch", self.link.run())
         self._spawn("reconcile", self._reconciler.run())
         self._spawn("pump", self._pump.run())
-        self._spawn("addresses", self.poller.run())
+        # Kernel notifications only make sense for the host's real addresses (not an injected reader).
+        self._spawn("addresses", self.poller.run(monitor=self.poller.reader is read_host_addresses))
         self._api = LocalApi(self._control, cfg.socket_path, cfg.socket_group)
         self._api.open()
         self._spawn("local_api", self._api.serve())

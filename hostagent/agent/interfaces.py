@@ -5,11 +5,18 @@
 removed)` when the set changed. The first read happens in `prime()` so the
 agent starts with a known set. Reading failures are logged and retried on
 the next tick.
+
+The poll is the safety net; changes are normally seen at once: `run()` also
+follows the kernel's address and link notifications (``ip -o monitor address
+link``, netlink via iproute2) and reads again as soon as one arrives, so a
+flow starts moving within milliseconds of an address change rather than up to
+one interval later. Without `ip` (or if the monitor dies) only the poll runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -88,9 +95,22 @@ class AddressPoller:
         self.current = self.reader()
         return self.current
 
-    async def run(self) -> None:
+    async def run(self, monitor: bool = True) -> None:
+        """Read on every tick and on every kernel notification (`monitor`); report changes."""
+        wake = asyncio.Event()
+        watcher = asyncio.create_task(self._follow_kernel(wake)) if monitor else None
+        try:
+            await self._loop(wake)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _loop(self, wake: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.interval)
+            wake.clear()
             try:
                 new = self.reader()
             except Exception:
@@ -105,3 +125,24 @@ class AddressPoller:
                     log.exception(
                         "reacting to address changes (+%s -%s) failed", sorted(added), sorted(removed)
                     )
+
+    @staticmethod
+    async def _follow_kernel(wake: asyncio.Event) -> None:
+        """Set `wake` on every line of ``ip -o monitor address link``; return if it cannot run."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "-o", "monitor", "address", "link",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError as e:
+            log.info("no kernel address notifications (%s): polling only", e)
+            return
+        assert proc.stdout is not None
+        try:
+            while await proc.stdout.readline():
+                wake.set()
+            log.warning("ip monitor ended (status %s): polling only", await proc.wait())
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -60,7 +60,7 @@ async def test_poller_reports_changes_only() -> None:
 
     poller = AddressPoller(on_change, interval=0.01, reader=lambda: next(readings, last))
     assert poller.prime() == {"10.0.0.1"}
-    task = asyncio.create_task(poller.run())
+    task = asyncio.create_task(poller.run(monitor=False))
     await asyncio.wait_for(done.wait(), 5)
     await asyncio.sleep(0.05)
     task.cancel()
