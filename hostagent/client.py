@@ -26,6 +26,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -112,8 +113,23 @@ def _stream(fd: int | None, what: str) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
+@dataclass(frozen=True)
+class Flow:
+    """A flow's stream and what the agent said about it: its flow ID (on this host's side)
+    and the other end (the target agent for `connect_flow`, the peer agent for `accept_flow`)."""
+
+    sock: socket.socket
+    flow_id: int
+    peer: str
+
+
 def connect(name: str, timeout: float = 5.0, *, agent_socket: str | None = None) -> socket.socket:
     """A stream socket connected to a listener of `name` (blocking, at most about `timeout` s)."""
+    return connect_flow(name, timeout, agent_socket=agent_socket).sock
+
+
+def connect_flow(name: str, timeout: float = 5.0, *, agent_socket: str | None = None) -> Flow:
+    """As `connect`, with the flow's ID and target."""
     channel = _Channel(agent_socket_path(agent_socket), timeout + AGENT_REPLY_GRACE)
     try:
         channel.send({"op": "connect", "name": name, "timeout": timeout})
@@ -122,7 +138,7 @@ def connect(name: str, timeout: float = 5.0, *, agent_socket: str | None = None)
         channel.close()
     if not reply.get("ok"):
         raise ConnectError(name, str(reply.get("error", "refused")))
-    return _stream(fd, "connect")
+    return Flow(_stream(fd, "connect"), int(reply.get("flow", 0)), str(reply.get("target", "")))
 
 
 class Listener:
@@ -139,6 +155,11 @@ class Listener:
 
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, str]:
         """Wait for the next flow (`TimeoutError` after `timeout` s; None = forever)."""
+        flow = self.accept_flow(timeout)
+        return flow.sock, flow.peer
+
+    def accept_flow(self, timeout: float | None = None) -> Flow:
+        """As `accept`, with the flow's ID."""
         self._channel.sock.settimeout(timeout)
         try:
             event, fd = self._channel.receive()
@@ -150,7 +171,7 @@ class Listener:
             if fd is not None:
                 os.close(fd)
             raise AgentUnavailable(f"unexpected message from the agent: {event}")
-        return _stream(fd, "accept"), str(event.get("peer", ""))
+        return Flow(_stream(fd, "accept"), int(event.get("flow", 0)), str(event.get("peer", "")))
 
     def close(self) -> None:
         """Close the listener (the agent deregisters the name)."""

@@ -12,6 +12,8 @@ contract and the control-plane values are plain ints read without locks
 | `serval_agent_flows_opened_total`, `_accepted_total` | counter | data path |
 | `serval_agent_bytes_in_total`, `_bytes_out_total` | counter | data path |
 | `serval_agent_{migrations,failovers,connect_failures,events_dropped}_total` | counter | data path |
+| `serval_agent_flows_refused_total` | counter | data path: incoming set-ups refused (no listener) |
+| `serval_agent_rsyn_rejected_total` | counter | data path: resynchronisations refused (bad MAC, replay) |
 | `serval_agent_applied_revision` | gauge | registry revision of the table in force |
 | `serval_agent_mirror_revision` | gauge | registry revision of the mirror |
 | `serval_agent_table_generation` | gauge | generation of the table in force |
@@ -48,6 +50,8 @@ _DATAPATH_COUNTERS = (
     "failovers",
     "connect_failures",
     "events_dropped",
+    "flows_refused",
+    "rsyn_rejected",
 )
 
 

@@ -31,8 +31,10 @@ TOPOLOGY = {
         "server1": {"eth0": "lan", "eth1": "lan2"},
         "server2": ["lan"],
         "client": {"eth0": "lan", "eth1": "lan2"},
+        "mallory": ["lan"],
     }
 }
+METRICS_PORT = 9464  # each agent's Prometheus endpoint, on 127.0.0.1 of its host
 PROPAGATION_S = 1.5  # registry watch -> every agent's table, with margin
 
 
@@ -106,7 +108,7 @@ class Cluster:
             out, err = proc.communicate()
             raise AssertionError(f"transfer did not finish in {timeout}s: {err}\n{self.logs()}") from None
         assert proc.returncode == 0, err + self.logs()
-        result: dict[str, Any] = json.loads(out)
+        result: dict[str, Any] = json.loads(out.splitlines()[-1])
         return result
 
 
@@ -116,7 +118,9 @@ def cluster(netns_lab: MakeLab, tmp_path: Path) -> Iterator[Cluster]:
     etcd = start_etcd(lab, "etcd", tmp_path / "etcd")
     registry = start_registry(lab, "registry", etcd)
     agents = {
-        host: start_agent(lab, host, registry, tmp_path / "agents")
+        host: start_agent(
+            lab, host, registry, tmp_path / "agents", extra_args=["--metrics-port", str(METRICS_PORT)]
+        )
         for host in ("server1", "server2", "client")
     }
     yield Cluster(lab, registry, agents, tmp_path)
@@ -127,7 +131,7 @@ def test_connect_by_name_reaches_the_listener_on_another_host(cluster: Cluster) 
     cluster.wait_instances("echo.e2e", 1)
     out = cluster.app("client", "send", "echo.e2e", "--bytes", str(4 << 20))
     assert out.returncode == 0, out.stderr + server.log_tail()
-    result = json.loads(out.stdout)
+    result = json.loads(out.stdout.splitlines()[-1])
     assert result["tag"] == "s1"
     assert result["server_sha256"] == result["sent_sha256"]
 
@@ -191,3 +195,56 @@ def test_client_interface_down_during_a_transfer_moves_the_flow_to_the_other(clu
     result = cluster.finish(transfer)
     assert result["tag"] == "s1"
     assert result["server_sha256"] == result["sent_sha256"]
+
+
+FORGE_RSYN = """
+import json, os, socket, sys
+from hostagent.sal_core.wire import Control, ControlFlags, Frame, FrameType, encode_frame
+target, src_flow, dst_flow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host, port = target.rsplit(":", 1)
+results = []
+for counter in (1, 2**32, 2**63):  # low, high and huge counters: none may pass without the key
+    frame = Frame(
+        FrameType.CONTROL, src_flow=src_flow, dst_flow=dst_flow,
+        control=Control(ControlFlags.RSYN, seq=counter & 0xFFFFFFFF),
+        mac=(counter, os.urandom(16)),
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(encode_frame(frame))
+        s.settimeout(5)
+        try:
+            results.append(len(s.recv(4096)))
+        except OSError as e:
+            results.append(str(e))
+print(json.dumps(results))
+"""
+
+
+def test_a_forged_rsyn_from_a_third_host_is_ignored(cluster: Cluster) -> None:
+    """Mallory knows both flow IDs of a live flow and sends RSYNs with made-up MACs to the
+    server's agent: the flow is not moved or broken, and the data path counts the refusals."""
+    server = cluster.serve("server2", "guarded.e2e", "s2")
+    cluster.wait_instances("guarded.e2e", 1)
+    transfer = cluster.start_send("guarded.e2e", 100 << 20, pace_ms=2)
+    assert transfer.stdout is not None
+    client_flow = json.loads(transfer.stdout.readline())["flow"]
+    deadline = time.monotonic() + 10
+    while not (accepted := [line for line in server.log_path.read_text().splitlines() if "accepted" in line]):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
+    server_flow = int(accepted[0].split()[1])
+    sal = f"{cluster.lab.address('server2', 'lan')}:7946"
+    forged = cluster.lab.run(
+        "mallory", [sys.executable, "-c", FORGE_RSYN, sal, str(client_flow), str(server_flow)], timeout=30
+    )
+    assert forged.returncode == 0, forged.stderr
+    assert json.loads(forged.stdout) == [0, 0, 0]  # each connection closed, nothing answered
+    result = cluster.finish(transfer)
+    assert result["server_sha256"] == result["sent_sha256"]
+    metrics = cluster.lab.run(
+        "server2", ["curl", "-s", f"http://127.0.0.1:{METRICS_PORT}/metrics"], timeout=10
+    )
+    rejected = [
+        line for line in metrics.stdout.splitlines() if line.startswith("serval_agent_rsyn_rejected_total")
+    ]
+    assert rejected and float(rejected[0].split()[-1]) >= 3, metrics.stdout[-2000:]

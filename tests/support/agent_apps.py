@@ -4,14 +4,16 @@
     python -m tests.support.agent_apps hello NAME --socket S --count K
     python -m tests.support.agent_apps send NAME --socket S --bytes B [--chunk C] [--pace-ms P]
 
-- `serve`: listens on NAME (which registers it); for each accepted flow, a thread
+- `serve`: listens on NAME (which registers it); prints ``accepted FLOW_ID`` per
+  flow; for each accepted flow, a thread
   sends ``TAG\\n``, then reads to EOF while hashing, then sends the SHA-256 hex of
   what it read and closes. Exits after N seconds (bounded).
 - `hello`: K connections by name in turn; each reads the first line (the server's
   tag) and closes. Prints JSON ``{"tags": {tag: count}, "errors": [...]}``.
-- `send`: one connection; reads the tag, sends B deterministic pseudo-random bytes
-  (optionally pacing chunks), half-closes, reads the server's SHA-256 and prints
-  JSON ``{"tag", "sent_sha256", "server_sha256", "seconds"}``.
+- `send`: one connection; prints ``{"flow": id}`` at once, reads the tag, sends B
+  deterministic pseudo-random bytes (optionally pacing chunks), half-closes, reads
+  the server's SHA-256 and prints JSON ``{"tag", "sent_sha256", "server_sha256",
+  "seconds"}`` (the last line).
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ def serve(args: argparse.Namespace) -> int:
         print("listening", flush=True)
         while (left := deadline - time.monotonic()) > 0:
             try:
-                conn, _peer = listener.accept(timeout=left)
+                flow = listener.accept_flow(timeout=left)
             except TimeoutError:
                 break
-            threading.Thread(target=_handle, args=(conn, args.tag), daemon=True).start()
+            print(f"accepted {flow.flow_id}", flush=True)
+            threading.Thread(target=_handle, args=(flow.sock, args.tag), daemon=True).start()
     return 0
 
 
@@ -80,7 +83,9 @@ def _payload(n: int, chunk: int) -> bytes:
 def send(args: argparse.Namespace) -> int:
     started = time.monotonic()
     digest = hashlib.sha256()
-    with client.connect(args.name, timeout=args.timeout, agent_socket=args.socket) as sock:
+    flow = client.connect_flow(args.name, timeout=args.timeout, agent_socket=args.socket)
+    print(json.dumps({"flow": flow.flow_id}), flush=True)
+    with flow.sock as sock:
         tag = _read_line(sock)
         sent, n = 0, 0
         while sent < args.bytes:
