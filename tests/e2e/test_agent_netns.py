@@ -241,9 +241,8 @@ def test_a_forged_rsyn_from_a_third_host_is_ignored(cluster: Cluster) -> None:
     assert json.loads(forged.stdout) == [0, 0, 0]  # each connection closed, nothing answered
     result = cluster.finish(transfer)
     assert result["server_sha256"] == result["sent_sha256"]
-    metrics = cluster.lab.run(
-        "server2", ["curl", "-s", f"http://127.0.0.1:{METRICS_PORT}/metrics"], timeout=10
-    )
+    scrape = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics').read().decode())"
+    metrics = cluster.lab.run("server2", [sys.executable, "-c", scrape], timeout=10)
     rejected = [
         line for line in metrics.stdout.splitlines() if line.startswith("serval_agent_rsyn_rejected_total")
     ]
