@@ -121,7 +121,7 @@ class NetnsLab:
     def _host_sysctls(self, host: str) -> None:
         """Removing a host's primary IPv4 address keeps the others of its subnet (promoted),
         as address-change tests need; Linux's default deletes them all."""
-        argv = ["sysctl", "-q", "-w", "net.ipv4.conf.all.promote_secondaries=1"]
+        argv = ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/promote_secondaries"]  # no procps needed
         subprocess.run(exec_in(self.namespace(host), argv), check=True, capture_output=True, timeout=10)
 
     def destroy(self, grace: float = 3.0) -> None:
