@@ -36,6 +36,8 @@ STATS_KEYS = (
     "failovers",
     "connect_failures",
     "events_dropped",
+    "flows_refused",
+    "rsyn_rejected",
 )
 
 

@@ -38,21 +38,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hostagent.agent.datapath import STATS_KEYS
+
 NAMESPACE = "serval_agent"
 LEGACY_KINDS = ("socks", "upstream")
 LEGACY_FAILURES = ("handshake", "connect", "overload")
-_DATAPATH_COUNTERS = (
-    "flows_opened",
-    "flows_accepted",
-    "bytes_in",
-    "bytes_out",
-    "migrations",
-    "failovers",
-    "connect_failures",
-    "events_dropped",
-    "flows_refused",
-    "rsyn_rejected",
-)
+# Every data-path counter but the gauge `flows_active`.
+_DATAPATH_COUNTERS = tuple(key for key in STATS_KEYS if key != "flows_active")
 
 
 @dataclass
