@@ -90,6 +90,14 @@ test: dev lint typecheck proto-check test-rust ## The whole suite: set-up, lint,
 bench-registry: dev ## Registry benchmark: throughput vs raw etcd, propagation, memory (table + JSON)
 	$(PY) -m bench.registry $(BENCH_ARGS)
 
+.PHONY: bench-deps
+bench-deps: ## Install missing Debian packages of the data-path benchmark (iperf3, haproxy)
+	@deploy/scripts/ensure-system-packages.sh --bench
+
+.PHONY: bench-datapath
+bench-datapath: dev bench-deps ## Data-path benchmark in netns (root): iperf3 vs direct/haproxy, set-up, migration, agent RSS
+	$(PY) -m bench.datapath $(BENCH_ARGS)
+
 .PHONY: bench-sal
 bench-sal: ## SAL core benchmark: LPM lookups vs HashMap, build+swap, memory; frame codec (tables)
 	cargo bench --locked -p sal_core --bench table --bench frames

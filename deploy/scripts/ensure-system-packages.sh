@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Serval needs when they are missing.
-# Usage: ensure-system-packages.sh
+# Usage: ensure-system-packages.sh [--bench]
+#   --bench: the data-path benchmark's tools instead (iperf3, haproxy; `make bench-deps`)
 # Needs root (or passwordless sudo) only when something is missing.
 set -euo pipefail
 
@@ -10,12 +11,23 @@ declare -A NEEDED=(
     [etcdctl]=etcd-client
     [ip]=iproute2
 )
+if [ "${1:-}" = "--bench" ]; then
+    NEEDED=(
+        [iperf3]=iperf3
+        [haproxy]=haproxy
+    )
+elif [ $# -gt 0 ]; then
+    echo "usage: $0 [--bench]" >&2
+    exit 2
+fi
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
 done
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${1:-}" != "--bench" ]; then
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -34,8 +46,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q >/dev/null
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts the packaged etcd as a system service; Serval runs its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
-fi
+# Debian starts the packaged etcd (and haproxy) as system services; Serval and its
+# benchmark run their own.
+for unit in etcd haproxy; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
+        $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+done
 echo "serval: installed ${missing[*]}" >&2
