@@ -29,7 +29,10 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--state-dir", type=Path, default=Path(".state"), help="state folder (default %(default)s)"
     )
     p.add_argument("--host", default="127.0.0.1", help="loopback address to use (default %(default)s)")
-    p.add_argument("--etcd-port", type=int, default=23790, help="etcd client port (peer port is +1)")
+    p.add_argument("--etcd-port", type=int, default=23790, help="etcd client port (default %(default)s)")
+    p.add_argument(
+        "--etcd-peer-port", type=int, default=None, help="etcd peer port (default: client port + 1)"
+    )
     p.add_argument("--registry-port", type=int, default=7070)
     p.set_defaults(sync_handler=run_up)
 
@@ -54,7 +57,11 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     etcd = LocalEtcdCluster(
-        state / "etcd", size=1, host=args.host, client_ports=[args.etcd_port], peer_ports=[args.etcd_port + 1]
+        state / "etcd",
+        size=1,
+        host=args.host,
+        client_ports=[args.etcd_port],
+        peer_ports=[args.etcd_peer_port or args.etcd_port + 1],
     )
     registry_target = f"{args.host}:{args.registry_port}"
     registry = ChildProcess(

@@ -30,11 +30,12 @@ def serval(*args: str, registry: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    etcd_port, _, registry_port = free_ports("127.0.0.1", 3)
+    etcd_port, peer_port, registry_port = free_ports("127.0.0.1", 3)
     up = subprocess.Popen(
         [
             sys.executable, "-m", "deploy.cli", "up", "--state-dir", str(tmp_path / "state"),
-            "--etcd-port", str(etcd_port), "--registry-port", str(registry_port),
+            "--etcd-port", str(etcd_port), "--etcd-peer-port", str(peer_port),
+            "--registry-port", str(registry_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
