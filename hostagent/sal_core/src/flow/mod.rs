@@ -35,7 +35,8 @@ pub struct Config {
     pub send_buffer: usize,
     /// Most delivered-but-unread bytes (the advertised receive window).
     pub recv_window: u32,
-    /// Largest payload per data frame (at most `wire::MAX_PAYLOAD`).
+    /// Largest payload per data frame (at most `wire::MAX_PAYLOAD`). Over TCP the
+    /// largest size: fewer frames and acknowledgements per byte.
     pub max_payload: usize,
     /// First retransmission timeout of a control frame (and of data, see
     /// `data_retransmit`); doubles per retry up to `rto_max_ms`.
@@ -59,7 +60,7 @@ impl Config {
         Config {
             send_buffer: 1 << 20,
             recv_window: 1 << 20,
-            max_payload: 16 * 1024,
+            max_payload: 64 * 1024,
             rto_initial_ms: 1000,
             rto_max_ms: 60_000,
             max_retries: 8,
