@@ -30,18 +30,16 @@ import argparse
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench.common import CpuMeter, machine_info, proc_status_kb, progress
 from bench.datapath_report import combine_runs, iperf_summary, render, stall_after, summary_rows
+from bench.runner import run_benchmark
 from bench.stats import latency_summary_ms
 from deploy.lab_services import Agent, start_agent, start_etcd, start_registry
 from deploy.netns import NetnsLab, unavailable_reason
@@ -125,26 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"bench: {', '.join(missing)} not installed: run `make bench-deps` (as root)", file=sys.stderr)
         return 1
-    _stop_on_signals()
-    args.bench_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="datapath-", dir=args.bench_dir)).resolve()
-    try:
-        results = run_all(settings, run_dir)
-    except KeyboardInterrupt:
-        _tidy(run_dir, args.keep, failed=True)
-        print(f"bench: interrupted; the lab was removed (logs in {run_dir})", file=sys.stderr)
-        return 130
-    except Exception as e:
-        _tidy(run_dir, args.keep, failed=True)
-        print(f"bench: failed: {type(e).__name__}: {e}\nlogs in {run_dir}", file=sys.stderr)
-        return 1
-    _tidy(run_dir, args.keep, failed=False)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
-    print(f"\nJSON: {args.json}")
-    missed = [r.metric for r in summary_rows(results) if r.passed is False]
-    return 1 if args.strict and missed else 0
+    return run_benchmark(
+        args,
+        "datapath",
+        lambda run_dir: run_all(settings, run_dir),
+        render,
+        summary_rows,
+        data_globs=["etcd"],
+    )
 
 
 class Bench:
@@ -478,28 +464,6 @@ def _wait_log(child: ChildProcess, text: str, timeout: float) -> None:
 def _version(argv: list[str]) -> str:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "unknown"
-
-
-def _tidy(run_dir: Path, keep: bool, failed: bool) -> None:
-    """Remove the run folder; after a failure keep the logs (etcd's data goes unless `keep`)."""
-    if keep:
-        return
-    if not failed:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    shutil.rmtree(run_dir / "etcd", ignore_errors=True)
-
-
-def _stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt once; later ones are ignored while cleaning up."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

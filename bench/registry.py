@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench.common import FULL, HOST, QUICK, RegistryProcess, Settings, etcd_pid, machine_info, progress
 from bench.memory import measure_memory
 from bench.propagation import measure_propagation
 from bench.report import render, summary_rows
+from bench.runner import run_benchmark
 from bench.throughput import measure_floor_throughput, measure_throughput
 from registry.api.client import RegistryClient
 from registry.raft.local_etcd import LocalEtcdCluster
@@ -59,26 +55,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
-    _stop_on_signals()
-    args.bench_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="registry-", dir=args.bench_dir))
-    try:
-        results = asyncio.run(run_all(settings, run_dir))
-    except KeyboardInterrupt:
-        _tidy(run_dir, args.keep, failed=True)
-        print(f"bench: interrupted; everything started was stopped (logs in {run_dir})", file=sys.stderr)
-        return 130
-    except Exception as e:
-        _tidy(run_dir, args.keep, failed=True)
-        print(f"bench: failed: {type(e).__name__}: {e}\nlogs in {run_dir}", file=sys.stderr)
-        return 1
-    _tidy(run_dir, args.keep, failed=False)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
-    print(f"\nJSON: {args.json}")
-    missed = [r.metric for r in summary_rows(results) if r.passed is False]
-    return 1 if args.strict and missed else 0
+    return run_benchmark(
+        args,
+        "registry",
+        lambda run_dir: asyncio.run(run_all(settings, run_dir)),
+        render,
+        summary_rows,
+        data_globs=["etcd/*/data"],
+    )
 
 
 async def run_all(settings: Settings, run_dir: Path) -> dict[str, Any]:
@@ -122,29 +106,6 @@ async def etcd_version(target: str) -> str:
     finally:
         await client.close()
     return ",".join(sorted({m.version for m in status.members})) or "unknown"
-
-
-def _tidy(run_dir: Path, keep: bool, failed: bool) -> None:
-    """Remove the run folder; after a failure keep the logs (etcd's data goes unless `keep`)."""
-    if keep:
-        return
-    if not failed:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    for data in run_dir.glob("etcd/*/data"):
-        shutil.rmtree(data, ignore_errors=True)
-
-
-def _stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt once; later ones are ignored while cleaning up."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":
