@@ -8,6 +8,18 @@
     reader, writer = await client.open_connection("payments.prod")
     server = await client.start_server("payments.prod", handle)   # handle(reader, writer)
 
+    dgram = client.connect("metrics.prod", datagram=True)     # a `DatagramSocket`
+    dgram.send(b"one message"); reply = dgram.recv(timeout=1)
+    with client.listen("metrics.prod", datagram=True) as listener:   # a `DatagramListener`
+        flow, peer = listener.accept()                            # one per remote flow
+    flow = await client.open_datagram("metrics.prod")            # `AsyncDatagramSocket`
+
+Datagram flows have UDP semantics (message boundaries, best effort: no
+retransmission, no ordering, loss when a reader is slow) but are SAL flows:
+set up by name, demultiplexed by flow ID, moved by RSYN when an address
+changes, ended by FIN/RST or the keep-alive. A message is at most
+`MAX_MESSAGE` bytes; zero-length messages are not carried (`ValueError`).
+
 The agent's socket is the `agent_socket` argument, else `$SERVAL_AGENT_SOCKET`,
 else ``/run/serval/agent.sock``. Streams returned are ordinary sockets: the
 bytes go through the agent's data path, never through this process's agent
@@ -28,7 +40,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from hostagent.localproto import (
     DEFAULT_SOCKET,
@@ -43,6 +55,7 @@ from hostagent.localproto import (
 )
 
 AGENT_REPLY_GRACE = 2.0
+MAX_MESSAGE = 65467  # bytes; the largest datagram-flow message (docs/agent-datapath.md)
 
 
 class ServalError(Exception):
@@ -123,16 +136,77 @@ class Flow:
     peer: str
 
 
-def connect(name: str, timeout: float = 5.0, *, agent_socket: str | None = None) -> socket.socket:
-    """A stream socket connected to a listener of `name` (blocking, at most about `timeout` s)."""
-    return connect_flow(name, timeout, agent_socket=agent_socket).sock
+def _check_message(message: bytes) -> None:
+    if not message:
+        raise ValueError("zero-length messages are not carried")
+    if len(message) > MAX_MESSAGE:
+        raise ValueError(f"a message is at most {MAX_MESSAGE} bytes, not {len(message)}")
 
 
-def connect_flow(name: str, timeout: float = 5.0, *, agent_socket: str | None = None) -> Flow:
-    """As `connect`, with the flow's ID and target."""
+class DatagramSocket:
+    """One end of a datagram flow (UDP semantics over a SAL flow); owns `sock`, a
+    ``SOCK_SEQPACKET`` socket whose every message is one datagram.
+
+    `send` never blocks for the network: a message goes or is dropped (and counted by
+    the agent) like UDP. `recv` returns one whole message, ``b""`` once the peer
+    closed its side (or the flow ended)."""
+
+    def __init__(self, sock: socket.socket, flow_id: int = 0, peer: str = "") -> None:
+        self.sock = sock
+        self.flow_id = flow_id
+        self.peer = peer
+
+    def send(self, message: bytes) -> None:
+        """Send one message (1..`MAX_MESSAGE` bytes; `ValueError` otherwise)."""
+        _check_message(message)
+        self.sock.send(message)
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next message (`TimeoutError` after `timeout` s; None = wait forever)."""
+        self.sock.settimeout(timeout)
+        return self.sock.recv(MAX_MESSAGE + 1)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        """Close our side: the peer's `recv` returns ``b""`` (FIN)."""
+        self.sock.close()
+
+    def __enter__(self) -> DatagramSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@overload
+def connect(
+    name: str, timeout: float = 5.0, *, agent_socket: str | None = None, datagram: Literal[False] = False
+) -> socket.socket: ...
+@overload
+def connect(
+    name: str, timeout: float = 5.0, *, agent_socket: str | None = None, datagram: Literal[True]
+) -> DatagramSocket: ...
+def connect(
+    name: str, timeout: float = 5.0, *, agent_socket: str | None = None, datagram: bool = False
+) -> socket.socket | DatagramSocket:
+    """A stream socket connected to a listener of `name` (blocking, at most about `timeout` s);
+    with ``datagram=True`` a `DatagramSocket` of a new datagram flow."""
+    flow = connect_flow(name, timeout, agent_socket=agent_socket, datagram=datagram)
+    return DatagramSocket(flow.sock, flow.flow_id, flow.peer) if datagram else flow.sock
+
+
+def connect_flow(
+    name: str, timeout: float = 5.0, *, agent_socket: str | None = None, datagram: bool = False
+) -> Flow:
+    """As `connect`, with the flow's ID and target (`sock` is a seqpacket socket for a datagram flow)."""
     channel = _Channel(agent_socket_path(agent_socket), timeout + AGENT_REPLY_GRACE)
+    request: Message = {"op": "connect", "name": name, "timeout": timeout}
+    if datagram:
+        request["datagram"] = True
     try:
-        channel.send({"op": "connect", "name": name, "timeout": timeout})
+        channel.send(request)
         reply, fd = channel.receive()
     finally:
         channel.close()
@@ -184,11 +258,52 @@ class Listener:
         self.close()
 
 
-def listen(name: str, *, agent_socket: str | None = None, timeout: float = 30.0) -> Listener:
-    """Listen on `name` (registered in the registry by the agent until the listener closes)."""
+class DatagramListener:
+    """A datagram listener on a Serval name; `accept()` returns ``(DatagramSocket, "ip:port")``
+    per remote datagram flow."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self.name = listener.name
+        self.service_id = listener.service_id
+
+    def fileno(self) -> int:
+        return self._listener.fileno()
+
+    def accept(self, timeout: float | None = None) -> tuple[DatagramSocket, str]:
+        """Wait for the next flow (`TimeoutError` after `timeout` s; None = forever)."""
+        flow = self._listener.accept_flow(timeout)
+        return DatagramSocket(flow.sock, flow.flow_id, flow.peer), flow.peer
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def __enter__(self) -> DatagramListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@overload
+def listen(
+    name: str, *, agent_socket: str | None = None, timeout: float = 30.0, datagram: Literal[False] = False
+) -> Listener: ...
+@overload
+def listen(
+    name: str, *, agent_socket: str | None = None, timeout: float = 30.0, datagram: Literal[True]
+) -> DatagramListener: ...
+def listen(
+    name: str, *, agent_socket: str | None = None, timeout: float = 30.0, datagram: bool = False
+) -> Listener | DatagramListener:
+    """Listen on `name` (registered in the registry by the agent until the listener closes);
+    ``datagram=True``: a `DatagramListener` (one kind per name)."""
     channel = _Channel(agent_socket_path(agent_socket), timeout)
+    request: Message = {"op": "listen", "name": name}
+    if datagram:
+        request["datagram"] = True
     try:
-        channel.send({"op": "listen", "name": name})
+        channel.send(request)
         reply, _ = channel.receive()
     except BaseException:
         channel.close()
@@ -196,7 +311,8 @@ def listen(name: str, *, agent_socket: str | None = None, timeout: float = 30.0)
     if not reply.get("ok"):
         channel.close()
         raise ListenError(f"{name}: {reply.get('error', 'refused')}")
-    return Listener(name, channel, reply)
+    listener = Listener(name, channel, reply)
+    return DatagramListener(listener) if datagram else listener
 
 
 # ---- asyncio ---------------------------------------------------------------------------------------
@@ -236,6 +352,47 @@ async def open_connection(
     if not reply.get("ok"):
         raise ConnectError(name, str(reply.get("error", "refused")))
     return await asyncio.open_connection(sock=_stream(fd, "connect"), **kwargs)
+
+
+class AsyncDatagramSocket:
+    """`DatagramSocket` for asyncio (the socket is non-blocking; one reader at a time)."""
+
+    def __init__(self, sock: socket.socket, flow_id: int = 0, peer: str = "") -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.flow_id = flow_id
+        self.peer = peer
+
+    async def send(self, message: bytes) -> None:
+        """Send one message (1..`MAX_MESSAGE` bytes; `ValueError` otherwise)."""
+        _check_message(message)
+        await asyncio.get_running_loop().sock_sendall(self.sock, message)
+
+    async def recv(self) -> bytes:
+        """The next message; ``b""`` once the peer closed."""
+        return await asyncio.get_running_loop().sock_recv(self.sock, MAX_MESSAGE + 1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def open_datagram(
+    name: str, timeout: float = 5.0, *, agent_socket: str | None = None
+) -> AsyncDatagramSocket:
+    """A new datagram flow to a datagram listener of `name` (asyncio)."""
+    channel = await _async_channel(agent_socket_path(agent_socket))
+    request = {"op": "connect", "name": name, "timeout": timeout, "datagram": True}
+    try:
+        reply, fd = await asyncio.wait_for(_request(channel, request), timeout + AGENT_REPLY_GRACE)
+    finally:
+        channel.close()
+    if not reply.get("ok"):
+        if fd is not None:
+            os.close(fd)
+        raise ConnectError(name, str(reply.get("error", "refused")))
+    return AsyncDatagramSocket(
+        _stream(fd, "connect"), int(reply.get("flow", 0)), str(reply.get("target", ""))
+    )
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]

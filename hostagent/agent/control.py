@@ -20,6 +20,10 @@ effects:
   (the data path's deadline plus `CONNECT_GRACE`).
 - `expose(name, endpoint)`: `listen` with the data path relaying each accepted
   flow to a local TCP server (the translator for unmodified servers).
+- Datagram flows: `listen(..., datagram=True)` opens a datagram listener
+  (registered with ``serval.proto=dgram``; accepted fds are seqpacket sockets);
+  `connect(..., datagram=True)` uses a ``SOCK_SEQPACKET`` socketpair and a
+  datagram connect; the order of effects is the same.
 """
 
 from __future__ import annotations
@@ -94,17 +98,22 @@ class Control:
 
     # ---- local API operations --------------------------------------------------
 
-    async def listen(self, name: str, deliver: Deliver, expose: Endpoint | None = None) -> tuple[int, str]:
+    async def listen(
+        self, name: str, deliver: Deliver, expose: Endpoint | None = None, datagram: bool = False
+    ) -> tuple[int, str]:
         """Open a listener for `name`; return ``(listener id, service id hex)``. `InvalidName`.
 
         With `expose`, the data path connects each accepted flow to that local TCP
         server instead of emitting `Accepted` (`deliver` then only sees strays).
+        `datagram`: a datagram listener (`ValueError` with `expose`).
         """
         service = names.normalize(name)
-        listener = self.listeners.open(service, deliver, expose)
+        if datagram and expose is not None:
+            raise ValueError("a datagram listener cannot expose a TCP server")
+        listener = self.listeners.open(service, deliver, expose, datagram)
         try:
-            self.datapath.listen(listener.listener_id, expose)
-            await self.session.put(listener_instance(self.host, listener))
+            self._listen_datapath(listener.listener_id)
+            await self.session.put(listener_instance(self.host, listener, datagram))
         except BaseException:
             self.listeners.close(listener.listener_id)
             with contextlib.suppress(Exception):
@@ -112,6 +121,12 @@ class Control:
             raise
         await self.reconciler.settled()
         return listener.listener_id, names.service_id_hex(service)
+
+    def _listen_datapath(self, listener_id: int) -> None:
+        if self.listeners.is_datagram(listener_id):
+            self.datapath.listen(listener_id, None, datagram=True)
+        else:
+            self.datapath.listen(listener_id, self.listeners.exposed(listener_id))
 
     async def unlisten(self, listener_id: int) -> None:
         listener = self.listeners.close(listener_id)
@@ -130,26 +145,31 @@ class Control:
         listener_id, _ = await self.listen(name, _refuse_stray, expose=endpoint)
         return listener_id
 
-    async def connect(self, name: str, timeout: float) -> tuple[socket.socket, Connected]:
-        """Set up a flow to `name`; the app's end of the stream. `InvalidName`, `ConnectFailure`."""
+    async def connect(
+        self, name: str, timeout: float, datagram: bool = False
+    ) -> tuple[socket.socket, Connected]:
+        """Set up a flow to `name`; the app's end of the stream (of a ``SOCK_SEQPACKET``
+        pair for a datagram flow). `InvalidName`, `ConnectFailure`."""
         names.service_id(name)  # an invalid name raises before any socket exists
-        app_end, dp_end = socket.socketpair()
+        kind = socket.SOCK_SEQPACKET if datagram else socket.SOCK_STREAM
+        app_end, dp_end = socket.socketpair(socket.AF_UNIX, kind)
         try:
-            connected = await self.connect_socket(name, dp_end, timeout)
+            connected = await self.connect_socket(name, dp_end, timeout, datagram=datagram)
         except BaseException:
             app_end.close()
             raise
         return app_end, connected
 
     async def connect_socket(
-        self, name: str, sock: socket.socket, timeout: float, greeting: bytes = b""
+        self, name: str, sock: socket.socket, timeout: float, greeting: bytes = b"", datagram: bool = False
     ) -> Connected:
         """Relay the connected stream socket `sock` over a new flow to `name`.
 
         Always takes `sock`: the data path owns it once its `connect` returns, and
         it is closed here if the name is invalid or the call refuses. `greeting`
         is written to `sock` by the data path once the flow is established, before
-        any byte from the peer. `InvalidName`, `ConnectFailure`.
+        any byte from the peer. `datagram`: a datagram flow (`sock` is a
+        ``SOCK_SEQPACKET`` socket, no greeting). `InvalidName`, `ConnectFailure`.
         """
         try:
             sid = names.service_id(name)
@@ -164,7 +184,10 @@ class Control:
         try:
             fd = sock.detach()
             try:
-                self.datapath.connect(request_id, sid.raw, fd, int(timeout * 1000), greeting)
+                if datagram:
+                    self.datapath.connect(request_id, sid.raw, fd, int(timeout * 1000), datagram=True)
+                else:
+                    self.datapath.connect(request_id, sid.raw, fd, int(timeout * 1000), greeting)
             except Exception as e:
                 os.close(fd)  # not taken: a refusing call does not own the fd
                 raise ConnectFailure(f"{service}: {e}") from e
@@ -182,7 +205,8 @@ class Control:
         """The host identity changed (addresses): re-register every listener with it."""
         self.host = host
         for listener in list(self.listeners):
-            await self.session.put(listener_instance(host, listener))
+            datagram = self.listeners.is_datagram(listener.listener_id)
+            await self.session.put(listener_instance(host, listener, datagram))
 
     # ---- data-path events (EventHandler) ---------------------------------------------
 
@@ -210,7 +234,7 @@ class Control:
     def on_overflow(self, event: Overflow) -> None:
         self.reconciler.resync()
         for listener in self.listeners:
-            self.datapath.listen(listener.listener_id, self.listeners.exposed(listener.listener_id))
+            self._listen_datapath(listener.listener_id)
 
 
 def _refuse_stray(event: Accepted) -> None:

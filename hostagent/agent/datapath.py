@@ -38,7 +38,18 @@ STATS_KEYS = (
     "events_dropped",
     "flows_refused",
     "rsyn_rejected",
+    # Datagram flows (UDP semantics): messages to / from local apps, dropped ones
+    # (app not reading, oversized, flow not open), of those oversized, undecodable
+    # or unroutable datagrams, keep-alive give-ups, open datagram flows (a gauge).
+    "dgram_in",
+    "dgram_out",
+    "dgram_dropped",
+    "dgram_oversized",
+    "dgram_stray",
+    "dgram_keepalive_timeouts",
+    "dgram_flows_active",
 )
+GAUGE_KEYS = ("flows_active", "dgram_flows_active")
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,11 @@ class DatapathPort(Protocol):
         """Install the whole desired table; same content = ``applied=False``; `ValueError` if refused."""
         ...
 
-    def listen(self, listener_id: int, expose: Endpoint | None = None) -> None:
-        """Accept flows for DEMUX rules naming `listener_id` (as `Accepted` events, or to `expose`)."""
+    def listen(self, listener_id: int, expose: Endpoint | None = None, datagram: bool = False) -> None:
+        """Accept flows for DEMUX rules naming `listener_id` (as `Accepted` events, or to `expose`).
+
+        `datagram=True`: a datagram listener; its `Accepted` fds are ``SOCK_SEQPACKET``
+        sockets (one message per datagram); no `expose`."""
         ...
 
     def unlisten(self, listener_id: int) -> bool:
@@ -69,9 +83,17 @@ class DatapathPort(Protocol):
         ...
 
     def connect(
-        self, request_id: int, service_id: bytes, app: int, deadline_ms: int, greeting: bytes = b""
+        self,
+        request_id: int,
+        service_id: bytes,
+        app: int,
+        deadline_ms: int,
+        greeting: bytes = b"",
+        datagram: bool = False,
     ) -> None:
         """Take ownership of the fd `app` and answer later with `Connected` or `ConnectFailed`.
+
+        `datagram=True`: a datagram flow (UDP semantics) for a ``SOCK_SEQPACKET`` `app`.
 
         If the call raises, the caller still owns the fd. `greeting` is written to
         the app once the flow is established, before any byte from the peer, and

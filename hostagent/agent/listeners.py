@@ -8,7 +8,12 @@ the order documented in `local_api.py`.
 Registry instance of a listener: service = the name, instance id =
 ``<agent id>-l<listener id>``, addresses = the host's advertised addresses,
 port = the SAL port, metadata ``serval.sal_port`` (= the SAL port) and
-``serval.agent`` (the agent id), zone/region of the agent.
+``serval.agent`` (the agent id), zone/region of the agent. A datagram
+listener (`listen(name, datagram=True)`) also carries ``serval.proto`` =
+``dgram``, so tools can tell the kinds apart. One kind per name: the
+desired table does not look at the kind (see `docs/agent-datapath.md`,
+"Datagram flows"); a flow of the other kind is refused by the answering
+agent (``no service``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from hostagent.agent.events import Accepted, Endpoint
 from registry.model import Instance
 
 AGENT_KEY = "serval.agent"
+PROTO_KEY = "serval.proto"
+DGRAM_PROTO = "dgram"
 
 Deliver = Callable[[Accepted], None]
 
@@ -37,8 +44,12 @@ class HostIdentity:
     ttl_seconds: int = 10
 
 
-def listener_instance(host: HostIdentity, listener: LocalListener) -> Instance:
-    """The registry instance advertising `listener` on this host."""
+def listener_instance(host: HostIdentity, listener: LocalListener, datagram: bool = False) -> Instance:
+    """The registry instance advertising `listener` on this host (a datagram listener's
+    carries ``serval.proto=dgram``)."""
+    metadata = {SAL_PORT_KEY: str(host.sal_port), AGENT_KEY: host.agent_id}
+    if datagram:
+        metadata[PROTO_KEY] = DGRAM_PROTO
     return Instance(
         service=listener.service,
         instance_id=f"{host.agent_id}-l{listener.listener_id}",
@@ -46,7 +57,7 @@ def listener_instance(host: HostIdentity, listener: LocalListener) -> Instance:
         port=host.sal_port,
         zone=host.zone,
         region=host.region,
-        metadata={SAL_PORT_KEY: str(host.sal_port), AGENT_KEY: host.agent_id},
+        metadata=metadata,
         ttl_seconds=host.ttl_seconds,
     )
 
@@ -58,17 +69,27 @@ class Listeners:
         self._next_id = 1
         self._open: dict[int, tuple[LocalListener, Deliver]] = {}
         self._exposed: dict[int, Endpoint] = {}
+        self._datagram: set[int] = set()
 
-    def open(self, service: str, deliver: Deliver, expose: Endpoint | None = None) -> LocalListener:
+    def open(
+        self, service: str, deliver: Deliver, expose: Endpoint | None = None, datagram: bool = False
+    ) -> LocalListener:
         """Allocate an id for `service` (already normalised) and remember where flows go.
 
-        `expose`: the local TCP server the data path relays this listener's flows to."""
+        `expose`: the local TCP server the data path relays this listener's flows to.
+        `datagram`: a datagram listener (its flows are datagram flows)."""
         listener = LocalListener(self._next_id, service)
         self._next_id += 1
         self._open[listener.listener_id] = (listener, deliver)
         if expose is not None:
             self._exposed[listener.listener_id] = expose
+        if datagram:
+            self._datagram.add(listener.listener_id)
         return listener
+
+    def is_datagram(self, listener_id: int) -> bool:
+        """True for a datagram listener."""
+        return listener_id in self._datagram
 
     def exposed(self, listener_id: int) -> Endpoint | None:
         """The local server an exposed listener relays to; None for an app's listener."""
@@ -76,6 +97,7 @@ class Listeners:
 
     def close(self, listener_id: int) -> LocalListener | None:
         self._exposed.pop(listener_id, None)
+        self._datagram.discard(listener_id)
         entry = self._open.pop(listener_id, None)
         return entry[0] if entry else None
 

@@ -6,6 +6,8 @@ Requests (`docs/agent-datapath.md`, "Local API"):
 - ``{"op": "listen", "name": N}`` → ``{"ok": true, "service_id", "listener"}``; then
   ``{"event": "accept", "flow", "peer", "fds": 1}`` with an fd per accepted flow.
   One listener per connection; closing the connection closes the listener.
+- ``"datagram": true`` on either: a datagram flow / listener; the fds are
+  ``SOCK_SEQPACKET`` sockets (one message per datagram, EOF when the peer closes).
 - Anything malformed → ``{"ok": false, "error"}``; the connection stays usable.
 
 Handlers are thin: parse, call `Control`, answer. Accepted flows queue per
@@ -180,32 +182,34 @@ class _ClientSession:
             await self.handle(message)
 
     async def handle(self, message: Message) -> None:
-        op, name = message.get("op"), message.get("name")
+        op, name, datagram = message.get("op"), message.get("name"), message.get("datagram", False)
         if not isinstance(name, str):
             return await self.conn.send({"ok": False, "error": "'name' must be a string"})
+        if not isinstance(datagram, bool):
+            return await self.conn.send({"ok": False, "error": "'datagram' must be a boolean"})
         try:
             if op == "connect":
-                await self._connect(name, message.get("timeout", DEFAULT_CONNECT_TIMEOUT))
+                await self._connect(name, message.get("timeout", DEFAULT_CONNECT_TIMEOUT), datagram)
             elif op == "listen":
-                await self._listen(name)
+                await self._listen(name, datagram)
             else:
                 await self.conn.send({"ok": False, "error": f"unknown op {op!r}"})
         except (InvalidName, ConnectFailure) as e:
             await self.conn.send({"ok": False, "error": str(e)})
 
-    async def _connect(self, name: str, timeout: Any) -> None:
+    async def _connect(self, name: str, timeout: Any, datagram: bool) -> None:
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             return await self.conn.send({"ok": False, "error": "'timeout' must be a positive number"})
-        app_end, connected = await self.control.connect(name, float(timeout))
+        app_end, connected = await self.control.connect(name, float(timeout), datagram=datagram)
         with app_end:
             reply = {"ok": True, "flow": str(connected.flow_id), "target": format_endpoint(connected.target)}
             await self.conn.send(reply, app_end.fileno())
 
-    async def _listen(self, name: str) -> None:
+    async def _listen(self, name: str, datagram: bool) -> None:
         if self.listener_id is not None:
             return await self.conn.send({"ok": False, "error": "this connection already listens"})
         try:
-            lid, sid = await self.control.listen(name, self._deliver)
+            lid, sid = await self.control.listen(name, self._deliver, datagram=datagram)
         except InvalidName:
             raise
         except Exception as e:

@@ -14,6 +14,12 @@ contract and the control-plane values are plain ints read without locks
 | `serval_agent_{migrations,failovers,connect_failures,events_dropped}_total` | counter | data path |
 | `serval_agent_flows_refused_total` | counter | data path: incoming set-ups refused (no listener) |
 | `serval_agent_rsyn_rejected_total` | counter | data path: resynchronisations refused (bad MAC, replay) |
+| `serval_agent_dgram_{in,out}_total` | counter | data path: datagram-flow messages to / from local apps |
+| `serval_agent_dgram_dropped_total` | counter | data path: datagram-flow messages dropped |
+| `serval_agent_dgram_oversized_total` | counter | data path: of those, too large for one datagram |
+| `serval_agent_dgram_stray_total` | counter | data path: datagrams that matched no flow |
+| `serval_agent_dgram_keepalive_timeouts_total` | counter | data path: flows ended by the keep-alive |
+| `serval_agent_dgram_flows_active` | gauge | data path: datagram flows open now |
 | `serval_agent_applied_revision` | gauge | registry revision of the table in force |
 | `serval_agent_mirror_revision` | gauge | registry revision of the mirror |
 | `serval_agent_table_generation` | gauge | generation of the table in force |
@@ -38,13 +44,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hostagent.agent.datapath import STATS_KEYS
+from hostagent.agent.datapath import GAUGE_KEYS, STATS_KEYS
 
 NAMESPACE = "serval_agent"
 LEGACY_KINDS = ("socks", "upstream")
 LEGACY_FAILURES = ("handshake", "connect", "overload")
-# Every data-path counter but the gauge `flows_active`.
-_DATAPATH_COUNTERS = tuple(key for key in STATS_KEYS if key != "flows_active")
+# Every data-path counter but the gauges (`flows_active`, `dgram_flows_active`).
+_DATAPATH_COUNTERS = tuple(key for key in STATS_KEYS if key not in GAUGE_KEYS)
 
 
 @dataclass
@@ -72,6 +78,9 @@ class AgentCollector(Collector):
         g = self.gauges
         stats = g.datapath_stats()
         yield GaugeMetricFamily(f"{NAMESPACE}_flows_active", "Flows open now", stats.get("flows_active", 0))
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_dgram_flows_active", "Datagram flows open now", stats.get("dgram_flows_active", 0)
+        )
         for key in _DATAPATH_COUNTERS:
             yield CounterMetricFamily(f"{NAMESPACE}_{key}", f"Data path counter {key}", stats.get(key, 0))
         for name, doc, read in (

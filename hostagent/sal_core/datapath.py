@@ -7,7 +7,8 @@ The contract is `docs/agent-datapath.md`; the design is in
   threads; Python is never on the per-byte path.
 - The control plane hands it the whole service table (`apply_table`), registers
   local listeners (`listen`), asks for flows (`connect`, which takes ownership of
-  the app's stream socket) and pulls events (`poll_events`, which blocks with the
+  the app's stream socket, or for a datagram flow a ``SOCK_SEQPACKET`` socket) and
+  pulls events (`poll_events`, which blocks with the
   GIL released: from asyncio, call it via `asyncio.to_thread`).
 - Events are the frozen dataclasses below. `Accepted.app_fd` is owned by the
   receiver (close it or hand it to the app). `Overflow` means events were lost:
@@ -44,6 +45,13 @@ class DatapathConfig:
     time_wait_ms: int = 2000
     resync_timeout_ms: int = 60000  # how long a flow whose path broke may stay frozen
     setup_timeout_ms: int = 3000  # per target, within the connect deadline
+    dgram_keepalive_ms: int = 15000  # datagram flows: probe a peer silent this long (0 = off)
+    dgram_keepalive_interval_ms: int = 5000  # between unanswered probes
+    dgram_keepalive_probes: int = 3  # unanswered probes before the flow ends ("timeout")
+    dgram_app_queue: int = 256  # messages queued toward an app that does not read (then dropped)
+
+
+MAX_MESSAGE = 65467  # bytes; largest datagram-flow message (flow::MAX_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,10 @@ class Datapath:
             time_wait_ms=config.time_wait_ms,
             resync_timeout_ms=config.resync_timeout_ms,
             setup_timeout_ms=config.setup_timeout_ms,
+            dgram_keepalive_ms=config.dgram_keepalive_ms,
+            dgram_keepalive_interval_ms=config.dgram_keepalive_interval_ms,
+            dgram_keepalive_probes=config.dgram_keepalive_probes,
+            dgram_app_queue=config.dgram_app_queue,
         )
         return cls(ref)
 
@@ -182,9 +194,14 @@ class Datapath:
             changed=int(r["changed"]),
         )
 
-    def listen(self, listener_id: int, expose: Addr | None = None) -> None:
-        """Accept flows DEMUXed to `listener_id`; with `expose`, relay them to that local TCP server."""
-        self._ref.listen(listener_id, expose)
+    def listen(self, listener_id: int, expose: Addr | None = None, datagram: bool = False) -> None:
+        """Accept flows DEMUXed to `listener_id`; with `expose`, relay them to that local TCP server.
+
+        `datagram=True`: a datagram listener (`Accepted.app_fd` is a ``SOCK_SEQPACKET``
+        socket; stream SYNs for it are refused, and a stream listener refuses datagram
+        SYNs); it cannot `expose` (`ValueError`).
+        """
+        self._ref.listen(listener_id, expose, datagram)
 
     def unlisten(self, listener_id: int) -> bool:
         """No new flows for `listener_id` (existing ones continue); False if unknown."""
@@ -197,6 +214,7 @@ class Datapath:
         app: int | socket.socket,
         deadline_ms: int,
         greeting: bytes = b"",
+        datagram: bool = False,
     ) -> None:
         """Set up a flow for the app's connected stream socket; answered by an event.
 
@@ -204,10 +222,12 @@ class Datapath:
         object is detached); if it raises, the caller still owns it.
         `greeting` (at most `MAX_GREETING` bytes) is written to the app once the
         flow is established, before any byte from the peer; never on failure.
+        `datagram=True`: a datagram flow (UDP semantics); `app` must be a
+        ``SOCK_SEQPACKET`` socket (`ValueError` otherwise) and there is no greeting.
         """
         sid, bits = service_id if isinstance(service_id, tuple) else (service_id, 256)
         fd = app.fileno() if isinstance(app, socket.socket) else app
-        self._ref.connect(request_id, sid, fd, deadline_ms, bits, greeting)
+        self._ref.connect(request_id, sid, fd, deadline_ms, bits, greeting, datagram)
         if isinstance(app, socket.socket):
             app.detach()
 
@@ -249,6 +269,7 @@ def start(config: DatapathConfig) -> Datapath:
 
 __all__ = [
     "MAX_GREETING",
+    "MAX_MESSAGE",
     "Accepted",
     "Addr",
     "ConnectFailed",

@@ -18,6 +18,12 @@ What it does, per the contract in `docs/agent-datapath.md`:
   rule → ``ConnectFailed("no route")``.
 - `inject_accept(listener_id)`: a remote flow arrives; returns the remote
   side's socket, whose bytes reach the app through the delivered fd.
+- Datagram flows (`listen(..., datagram=True)`, `connect(..., datagram=True)`):
+  the app fd must be a ``SOCK_SEQPACKET`` socket (`ValueError` otherwise, the
+  caller keeps it); a listener takes only flows of its kind (a local DEMUX to a
+  listener of the other kind fails with ``no service``); `inject_accept` on a
+  datagram listener hands over a seqpacket socket. `expose` with
+  ``datagram=True`` → `ValueError`.
 - Events queue up to `queue_size`; past that they are dropped and an
   `Overflow` is queued once room is back (like the bounded Rust queue).
 Thread-safe: `poll_events` runs in the agent's worker thread.
@@ -57,6 +63,8 @@ class FakeDatapath:
         self.generation = 0
         self.rules: tuple[Rule, ...] = ()
         self.listening: dict[int, Endpoint | None] = {}
+        self.datagram_listeners: set[int] = set()
+        self.datagram_flows: set[int] = set()
         self.listen_calls: list[int] = []
         self.addresses: set[str] = set()
         self.address_log: list[tuple[str, str]] = []
@@ -115,20 +123,40 @@ class FakeDatapath:
 
     # ---- listeners and flows ------------------------------------------------------
 
-    def listen(self, listener_id: int, expose: Endpoint | None = None) -> None:
+    def listen(self, listener_id: int, expose: Endpoint | None = None, datagram: bool = False) -> None:
+        if datagram and expose is not None:
+            raise ValueError("a datagram listener cannot expose a TCP server")
         with self._cond:
             self.listening[listener_id] = expose
             self.listen_calls.append(listener_id)
+            if datagram:
+                self.datagram_listeners.add(listener_id)
+            else:
+                self.datagram_listeners.discard(listener_id)
 
     def unlisten(self, listener_id: int) -> bool:
         with self._cond:
+            self.datagram_listeners.discard(listener_id)
             return self.listening.pop(listener_id, None) is not None
 
     def connect(
-        self, request_id: int, service_id: bytes, app: int, deadline_ms: int, greeting: bytes = b""
+        self,
+        request_id: int,
+        service_id: bytes,
+        app: int,
+        deadline_ms: int,
+        greeting: bytes = b"",
+        datagram: bool = False,
     ) -> None:
         if len(greeting) > MAX_GREETING:
             raise ValueError(f"greeting longer than {MAX_GREETING} bytes")
+        if datagram:
+            kind = socket.socket(fileno=app)
+            is_seqpacket = kind.type == socket.SOCK_SEQPACKET
+            kind.detach()
+            if greeting or not is_seqpacket:
+                raise ValueError("a datagram connect takes a SOCK_SEQPACKET socket and no greeting")
+            self.datagram_flows.add(request_id)
         self._greetings[request_id] = greeting
         self._resolve(request_id, service_id, socket.socket(fileno=app))
 
@@ -151,7 +179,10 @@ class FakeDatapath:
         if rule.kind == RuleKind.DELAY:
             self._delayed[request_id] = (sid, sock)
             return self._emit(Delayed(request_id, sid))
+        datagram = request_id in self.datagram_flows
         if rule.kind == RuleKind.DEMUX and rule.listener in self.listening:
+            if (rule.listener in self.datagram_listeners) != datagram:
+                return self._fail(request_id, sock, "no service")
             self._greet(request_id, sock)
             flow_id = next(self._flow_ids)
             self._emit(Connected(request_id, flow_id, self._sal[0]))
@@ -194,8 +225,10 @@ class FakeDatapath:
         self._emit(ConnectFailed(request_id, reason, tuple(tried)))
 
     def inject_accept(self, listener_id: int, peer: Endpoint = ("10.9.9.9", 40000)) -> socket.socket:
-        """A remote flow for `listener_id` arrives; return the remote end of its stream."""
-        remote, local = socket.socketpair()
+        """A remote flow for `listener_id` arrives; return the remote end of its stream
+        (of its message socket, for a datagram listener)."""
+        kind = socket.SOCK_SEQPACKET if listener_id in self.datagram_listeners else socket.SOCK_STREAM
+        remote, local = socket.socketpair(socket.AF_UNIX, kind)
         flow_id = next(self._flow_ids)
         self.counters["flows_accepted"] += 1
         self._emit(Accepted(listener_id, flow_id, local.detach(), peer))

@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::binding_table::{apply_rules, service_id, socket_addr, RuleTuple};
-use crate::datapath::{is_open_fd, Datapath, DatapathConfig, Event, MAX_GREETING};
+use crate::datapath::{is_open_fd, is_seqpacket_fd, Datapath, DatapathConfig, Event, MAX_GREETING};
 use crate::flow;
 use crate::service_id::ServiceId;
 
@@ -117,7 +117,9 @@ impl DatapathRef {
     #[new]
     #[pyo3(signature = (sal_listen, *, worker_threads = 2, event_queue = 4096,
         delay_limit = 1024, send_buffer = None, recv_window = None,
-        time_wait_ms = 2000, resync_timeout_ms = 60000, setup_timeout_ms = 3000))]
+        time_wait_ms = 2000, resync_timeout_ms = 60000, setup_timeout_ms = 3000,
+        dgram_keepalive_ms = 15000, dgram_keepalive_interval_ms = 5000,
+        dgram_keepalive_probes = 3, dgram_app_queue = 256))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -130,6 +132,10 @@ impl DatapathRef {
         time_wait_ms: u64,
         resync_timeout_ms: u64,
         setup_timeout_ms: u64,
+        dgram_keepalive_ms: u64,
+        dgram_keepalive_interval_ms: u64,
+        dgram_keepalive_probes: u32,
+        dgram_app_queue: usize,
     ) -> PyResult<Self> {
         let sal_listen = sal_listen
             .iter()
@@ -154,6 +160,14 @@ impl DatapathRef {
                 ..base.flow
             },
             setup_timeout_ms,
+            dgram_flow: flow::Config {
+                time_wait_ms,
+                keepalive_idle_ms: dgram_keepalive_ms,
+                keepalive_interval_ms: dgram_keepalive_interval_ms.max(1),
+                keepalive_probes: dgram_keepalive_probes,
+                ..base.dgram_flow
+            },
+            dgram_app_queue: dgram_app_queue.max(1),
             ..base
         };
         let dp = py
@@ -181,10 +195,20 @@ impl DatapathRef {
         apply_rules(py, self.dp.table(), generation, rules)
     }
 
-    #[pyo3(signature = (listener_id, expose = None))]
-    fn listen(&self, listener_id: u64, expose: Option<AddrTuple>) -> PyResult<()> {
+    /// `datagram=True`: a datagram listener (accepted fds are seqpacket
+    /// sockets); it cannot `expose`.
+    #[pyo3(signature = (listener_id, expose = None, datagram = false))]
+    fn listen(&self, listener_id: u64, expose: Option<AddrTuple>, datagram: bool) -> PyResult<()> {
         let expose = expose.map(|(h, p)| socket_addr(&h, p)).transpose()?;
-        self.dp.listen(listener_id, expose);
+        match (datagram, expose) {
+            (true, Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "a datagram listener cannot expose a TCP server",
+                ))
+            }
+            (true, None) => self.dp.listen_datagram(listener_id),
+            (false, e) => self.dp.listen(listener_id, e),
+        }
         Ok(())
     }
 
@@ -194,8 +218,10 @@ impl DatapathRef {
 
     /// Takes ownership of `app_fd` (unless this raises) and sets up a flow.
     /// `greeting`: bytes written to the app once the flow is established,
-    /// before any byte from the peer (at most 4096).
-    #[pyo3(signature = (request_id, service_id, app_fd, deadline_ms, prefix_bits = 256, greeting = Vec::new()))]
+    /// before any byte from the peer (at most 4096). `datagram=True`: a
+    /// datagram flow; `app_fd` must be a SOCK_SEQPACKET socket, no greeting.
+    #[pyo3(signature = (request_id, service_id, app_fd, deadline_ms, prefix_bits = 256, greeting = Vec::new(), datagram = false))]
+    #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
         request_id: u64,
@@ -204,6 +230,7 @@ impl DatapathRef {
         deadline_ms: u64,
         prefix_bits: u32,
         greeting: Vec<u8>,
+        datagram: bool,
     ) -> PyResult<()> {
         let bytes = self::service_id(&service_id)?;
         if prefix_bits > 256 {
@@ -217,12 +244,24 @@ impl DatapathRef {
         if !is_open_fd(app_fd) {
             return Err(PyValueError::new_err(format!("{app_fd} is not an open fd")));
         }
+        if datagram && (!greeting.is_empty() || !is_seqpacket_fd(app_fd)) {
+            return Err(PyValueError::new_err(
+                "a datagram connect takes a SOCK_SEQPACKET socket and no greeting",
+            ));
+        }
         if self.dp.is_stopping() {
             return Err(PyRuntimeError::new_err("the data path is shut down"));
         }
         // SAFETY: the fd is open and the caller hands its ownership over.
         let fd = unsafe { OwnedFd::from_raw_fd(app_fd) };
         let service = ServiceId { bytes, prefix_bits };
+        let deadline = Duration::from_millis(deadline_ms);
+        if datagram {
+            return self
+                .dp
+                .connect_datagram(request_id, service, fd, deadline)
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()));
+        }
         self.dp
             .connect_with_greeting(
                 request_id,

@@ -210,7 +210,7 @@ async fn handshake(
 }
 
 /// Holds the set-up for the control plane's verdict (`settle_delay`).
-async fn hold(
+pub(crate) async fn hold(
     sh: &Shared,
     request_id: u64,
     service: ServiceId,

@@ -1,4 +1,5 @@
-//! The data path's I/O shell: SAL over kernel TCP between host agents, on
+//! The data path's I/O shell: SAL over kernel TCP between host agents
+//! (stream flows) and over UDP (datagram flows, UDP semantics), on
 //! its own tokio runtime (never on a Python thread, never holding the GIL).
 //!
 //! Contract: `docs/agent-datapath.md`; design and failure modes:
@@ -11,6 +12,8 @@
 //! - [`driver`]: one task per flow: app fd ↔ flow machine ↔ TCP, migration.
 //! - [`conn`]: one agent-to-agent TCP connection (reader + writer tasks).
 //! - [`appfd`]: the app's socket fd, non-blocking.
+//! - [`dgram`], [`dgram_connect`], [`dgram_flow`], [`seqpacket`]: datagram
+//!   flows (UDP semantics) over UDP, their set-up and the app's seqpacket fd.
 //! - [`shared`], [`events`], [`stats`]: state, the event queue, counters.
 //!
 //! Threads: the runtime's workers (`worker_threads`, default 2) run every
@@ -21,10 +24,14 @@
 mod appfd;
 mod conn;
 mod connect;
+mod dgram;
+mod dgram_connect;
+mod dgram_flow;
 mod driver;
 pub mod events;
 mod listener;
 pub mod policy;
+mod seqpacket;
 mod shared;
 mod stats;
 
@@ -34,12 +41,13 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use appfd_api::is_open_fd;
+pub use appfd_api::{is_open_fd, is_seqpacket_fd};
 pub use events::Event;
 
 use crate::flow;
 use crate::service_id::ServiceId;
 use crate::table::{ApplySummary, TableConfig, TableError};
+use dgram::{Dgram, DgramCmd};
 use events::lock;
 use shared::{FlowCmd, Shared};
 
@@ -48,6 +56,11 @@ mod appfd_api {
     /// ownership of a raw fd).
     pub fn is_open_fd(fd: i32) -> bool {
         super::appfd::is_open(fd)
+    }
+
+    /// True if `fd` is a `SOCK_SEQPACKET` socket (a datagram flow's app fd).
+    pub fn is_seqpacket_fd(fd: i32) -> bool {
+        super::seqpacket::is_seqpacket(fd)
     }
 }
 
@@ -75,6 +88,11 @@ pub struct DatapathConfig {
     pub reconnect_max_ms: u64,
     /// The acceptor's wait before it dials too (the initiator dials at once).
     pub acceptor_reconnect_wait_ms: u64,
+    /// Flow machine tunables of datagram flows (message mode, keep-alive).
+    pub dgram_flow: flow::Config,
+    /// Messages queued toward an app of a datagram flow that does not
+    /// read (beyond: dropped and counted, as UDP would).
+    pub dgram_app_queue: usize,
 }
 
 impl Default for DatapathConfig {
@@ -92,6 +110,8 @@ impl Default for DatapathConfig {
             reconnect_initial_ms: 50,
             reconnect_max_ms: 1_000,
             acceptor_reconnect_wait_ms: 300,
+            dgram_flow: flow::Config::message(),
+            dgram_app_queue: 256,
         }
     }
 }
@@ -100,6 +120,7 @@ impl Default for DatapathConfig {
 /// `poll_events` and `join`, which block up to their timeouts.
 pub struct Datapath {
     sh: Arc<Shared>,
+    dg: Arc<Dgram>,
     handle: tokio::runtime::Handle,
     rt: Mutex<Option<tokio::runtime::Runtime>>,
 }
@@ -126,16 +147,21 @@ impl Datapath {
             bound.push(l.local_addr()?);
             listeners.push(l);
         }
+        // UDP on the same ip:port as each TCP listener (datagram flows).
+        let udp = Dgram::bind(&bound)?;
+        let (dgram_cfg, app_queue) = (cfg.dgram_flow, cfg.dgram_app_queue);
         let sh = Arc::new(Shared::new(cfg, bound));
-        {
+        let dg = {
             let _in_rt = rt.enter();
             for l in listeners {
                 let l = tokio::net::TcpListener::from_std(l)?;
                 rt.spawn(listener::accept_loop(sh.clone(), l));
             }
-        }
+            Dgram::start(sh.clone(), udp, dgram_cfg, app_queue)?
+        };
         Ok(Datapath {
             sh,
+            dg,
             handle: rt.handle().clone(),
             rt: Mutex::new(Some(rt)),
         })
@@ -166,9 +192,49 @@ impl Datapath {
         lock(&self.sh.listeners).insert(listener_id, expose);
     }
 
+    /// Accepts datagram flows DEMUXed to `listener_id` (each as an
+    /// `Accepted` event whose fd is a seqpacket socket). A listener id is
+    /// either a stream or a datagram listener: a stream SYN for a datagram
+    /// listener (and vice versa) is refused with `NoService`.
+    pub fn listen_datagram(&self, listener_id: u64) {
+        lock(&self.sh.listeners).remove(&listener_id);
+        lock(&self.dg.listeners).insert(listener_id);
+    }
+
     /// No new flows for `listener_id`; false if it was not listening.
     pub fn unlisten(&self, listener_id: u64) -> bool {
-        lock(&self.sh.listeners).remove(&listener_id).is_some()
+        let stream = lock(&self.sh.listeners).remove(&listener_id).is_some();
+        lock(&self.dg.listeners).remove(&listener_id) || stream
+    }
+
+    /// Sets up a datagram flow (UDP semantics) to `service` for the app
+    /// behind `app_fd` (a `SOCK_SEQPACKET` socket, taken over: closed on
+    /// failure); answers with `Connected` or `ConnectFailed`, as `connect`.
+    pub fn connect_datagram(
+        &self,
+        request_id: u64,
+        service: ServiceId,
+        app_fd: OwnedFd,
+        deadline: Duration,
+    ) -> io::Result<()> {
+        if !seqpacket::is_seqpacket(std::os::fd::AsRawFd::as_raw_fd(&app_fd)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a datagram flow's app fd must be a SOCK_SEQPACKET socket",
+            ));
+        }
+        if self.sh.stopping() {
+            return Err(io::Error::other("the data path is shut down"));
+        }
+        let req = connect::ConnectReq {
+            request_id,
+            service,
+            app_fd,
+            deadline: tokio::time::Instant::now() + deadline,
+            greeting: Vec::new(),
+        };
+        self.handle.spawn(dgram_connect::run(self.dg.clone(), req));
+        Ok(())
     }
 
     /// Sets up a flow to `service` for the app behind `app_fd` (taken over:
@@ -227,6 +293,7 @@ impl Datapath {
     pub fn address_added(&self, ip: IpAddr) {
         lock(&self.sh.local_ips).insert(ip);
         self.sh.tell_all(|| FlowCmd::AddressAdded);
+        self.dg.tell_all(|| DgramCmd::AddressAdded);
     }
 
     /// A local address disappeared: flows whose path used it reconnect
@@ -234,6 +301,7 @@ impl Datapath {
     pub fn address_removed(&self, ip: IpAddr) {
         lock(&self.sh.local_ips).remove(&ip);
         self.sh.tell_all(|| FlowCmd::AddressRemoved(ip));
+        self.dg.tell_all(|| DgramCmd::AddressRemoved(ip));
     }
 
     /// Up to `max` events; blocks up to `timeout` while there are none.
@@ -243,7 +311,9 @@ impl Datapath {
 
     /// Counters, named as in the contract.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
-        self.sh.stats.snapshot(self.sh.events.total_dropped())
+        let mut s = self.sh.stats.snapshot(self.sh.events.total_dropped());
+        s.extend(self.dg.snapshot());
+        s
     }
 
     /// Fault injection (tests, chaos drills): resets the TCP connection
@@ -263,10 +333,11 @@ impl Datapath {
     pub fn join(&self, timeout: Duration) -> bool {
         self.shutdown();
         let deadline = Instant::now() + timeout;
-        while !lock(&self.sh.flows).is_empty() && Instant::now() < deadline {
+        let busy = || !lock(&self.sh.flows).is_empty() || self.dg.active() > 0;
+        while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let clean = lock(&self.sh.flows).is_empty();
+        let clean = !busy();
         // Let writers flush the RSTs the drivers queued on their way out.
         std::thread::sleep(Duration::from_millis(20).min(timeout));
         if let Some(rt) = lock(&self.rt).take() {

@@ -7,6 +7,9 @@ use crate::wire::{Extensions, Frame, FrameType, OwnedFrame, RstReason, FLAG_ACK_
 
 impl Flow {
     pub(super) fn on_data(&mut self, frame: &Frame<'_>) {
+        if self.cfg.messages {
+            return self.on_message(frame);
+        }
         let h = frame.header;
         if h.dst_flow != self.local_flow || h.src_flow != self.peer_flow || !self.is_synchronised()
         {

@@ -7,6 +7,7 @@
 
 use super::auth::{Direction, FlowKey};
 use super::buffers::{RecvState, SendBuf};
+use super::message::MsgState;
 use super::{Config, Effect, Event, Resync, State, Stats};
 use crate::service_id::ServiceId;
 use crate::wire::{
@@ -79,6 +80,8 @@ pub struct Flow {
     /// The peer's endpoints, from its SYN / SYN-ACK / latest authentic RSYN.
     pub(super) peer_addrs: Option<AddrList>,
     pub(super) stats: Stats,
+    /// Message numbering, duplicate filter, keep-alive (`message.rs`).
+    pub(super) msg: MsgState,
     pub(super) effects: Vec<Effect>,
 }
 
@@ -216,6 +219,7 @@ impl Flow {
             local_addrs: None,
             peer_addrs: None,
             stats: Stats::default(),
+            msg: MsgState::default(),
             effects: Vec::new(),
         }
     }
@@ -304,6 +308,7 @@ impl Flow {
                 .filter(|_| self.frozen_until.is_none()),
             self.time_wait_until,
             self.frozen_until,
+            self.keepalive_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -324,10 +329,12 @@ impl Flow {
         if self.state == State::Closed {
             return;
         }
+        let before = self.stats;
         match frame.header.frame_type {
             FrameType::Control => self.on_control(frame),
             FrameType::Data | FrameType::Ack => self.on_data(frame),
         }
+        self.note_heard(frame, before);
         if frame.header.flags & crate::wire::FLAG_ACK_NOW != 0 && self.is_synchronised() {
             self.ack_owed = true;
         }
@@ -351,6 +358,13 @@ impl Flow {
                 return;
             }
             self.tick_data();
+            if self.state == State::Closed {
+                return;
+            }
+            self.tick_keepalive();
+            if self.state == State::Closed {
+                return;
+            }
         }
         if self.time_wait_until.is_some_and(|t| self.now >= t) {
             self.time_wait_until = None;
@@ -471,6 +485,9 @@ impl Flow {
     }
 
     pub(super) fn event(&mut self, e: Event) {
+        if e == Event::Established {
+            self.keepalive_start();
+        }
         self.effects.push(Effect::Event(e));
     }
 

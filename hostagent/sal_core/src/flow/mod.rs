@@ -13,18 +13,24 @@
 //! - [`data`]: data frames, acknowledgements, windows.
 //! - [`buffers`]: send buffer and in-order receive accounting.
 //! - [`auth`]: flow key derivation and control-frame MACs.
+//! - [`message`]: message mode (datagram flows with UDP semantics) and
+//!   the SAL keep-alive.
 
 pub mod auth;
 mod buffers;
 mod control;
 mod data;
 pub mod machine;
+mod message;
 
+#[cfg(test)]
+mod message_tests;
 #[cfg(test)]
 mod tests;
 
 pub use auth::{Direction, FlowKey};
 pub use machine::{accept, accept_advertising, refuse, Flow, SynInfo};
+pub use message::{MessageError, MAX_MESSAGE};
 
 use crate::wire::{OwnedFrame, RstReason};
 
@@ -52,6 +58,17 @@ pub struct Config {
     /// datagrams. Over a reliable byte stream, data is only resent after a
     /// resynchronisation, so leave it off.
     pub data_retransmit: bool,
+    /// Message mode (datagram flows with UDP semantics, `message.rs`): each
+    /// [`Flow::send_message`] is one DATA frame, delivered at most once, in
+    /// any order, never retransmitted; the byte-stream half is unused.
+    pub messages: bool,
+    /// SAL keep-alive: after this long without hearing an authentic frame
+    /// from the peer, probe it (ACK_NOW); 0 = off (stream flows rely on TCP).
+    pub keepalive_idle_ms: u64,
+    /// Time between unanswered probes.
+    pub keepalive_interval_ms: u64,
+    /// Unanswered probes before the flow is reset with `Timeout`.
+    pub keepalive_probes: u32,
 }
 
 impl Config {
@@ -67,6 +84,26 @@ impl Config {
             time_wait_ms: 10_000,
             resync_timeout_ms: 60_000,
             data_retransmit: false,
+            messages: false,
+            keepalive_idle_ms: 0,
+            keepalive_interval_ms: 5_000,
+            keepalive_probes: 3,
+        }
+    }
+
+    /// Defaults for a datagram flow with UDP semantics (message mode) over
+    /// UDP: control frames retransmitted (500 ms doubling to 8 s, 6 tries),
+    /// data never; keep-alive after 15 s idle, 3 probes 5 s apart.
+    pub fn message() -> Self {
+        Config {
+            max_payload: MAX_MESSAGE,
+            rto_initial_ms: 500,
+            rto_max_ms: 8_000,
+            max_retries: 6,
+            time_wait_ms: 2_000,
+            messages: true,
+            keepalive_idle_ms: 15_000,
+            ..Config::stream()
         }
     }
 
@@ -146,4 +183,6 @@ pub struct Stats {
     pub replayed: u64,
     /// Frames with wrong flow IDs or unexpected in the current state.
     pub ignored: u64,
+    /// Message mode: messages dropped as duplicates or too old to tell.
+    pub duplicates: u64,
 }
