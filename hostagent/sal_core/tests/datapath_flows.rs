@@ -48,6 +48,28 @@ fn echo_bulk_both_ways_and_orderly_close() {
     assert_eq!(stat(&p.a, "flows_opened"), 1);
 }
 
+/// Bytes the flow acknowledged but the app has not read yet must still
+/// reach the app when the flow ends in order: here the server app half-closes
+/// at once and reads only after the flow's TIME-WAIT (200 ms) has expired.
+#[test]
+fn a_slow_reader_gets_every_byte_after_an_orderly_close() {
+    let p = connected_pair("slow.test");
+    p.server.shutdown(Shutdown::Write).unwrap();
+    // Fits in the flow's receive window (1 MiB): every byte is delivered
+    // and acknowledged, and the FIN arrives, long before the app reads.
+    let up = pattern(768 << 10, 3);
+    let up_sha = sha(&up);
+    send_all(p.client.try_clone().unwrap(), up).join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let s_rd = read_all(p.server.try_clone().unwrap(), Arc::new(AtomicU64::new(0)));
+    assert_eq!(s_rd.join().unwrap(), (up_sha, 768 << 10));
+    let closed = |e: &Event| matches!(e, Event::FlowClosed { .. });
+    match Events::new(&p.b).wait("flow_closed", closed) {
+        Event::FlowClosed { reason, .. } => assert_eq!(reason, "fin"),
+        _ => unreachable!(),
+    }
+}
+
 #[test]
 fn refused_service_fails_naming_what_was_tried() {
     let a = start();

@@ -108,6 +108,7 @@ pub(crate) fn spawn(
         rbuf: vec![0; READ_CHUNK],
         ended: false,
         stopped: false,
+        draining: false,
     };
     tokio::spawn(d.run(app_fd, stream, leftover));
 }
@@ -142,6 +143,9 @@ struct Driver {
     rbuf: Vec<u8>,
     ended: bool,
     stopped: bool,
+    /// Closed in order; only `app_out` is still being written (see
+    /// `closed_in_order`).
+    draining: bool,
 }
 
 async fn read_opt(app: Option<&AppFd>, buf: &mut [u8]) -> io::Result<usize> {
@@ -172,6 +176,9 @@ impl Driver {
             self.handle(wake);
             self.perform(None);
             self.settle_app();
+            if self.draining && self.app_out.is_empty() {
+                self.finish("fin".into(), false);
+            }
         }
     }
 
@@ -228,10 +235,17 @@ impl Driver {
                 Stats::add(&self.sh.stats.bytes_out, n as u64);
             }
             Wake::AppWrote(Ok(n)) => self.app_wrote(n, now),
+            Wake::AppRead(Err(_)) | Wake::AppWrote(Err(_)) if self.draining => {
+                self.finish("reset: app closed before reading every byte".into(), true);
+            }
             Wake::AppRead(Err(_)) | Wake::AppWrote(Err(_)) => {
                 self.flow.abort(RstReason::Aborted, now);
             }
             Wake::Timer => self.flow.tick(now),
+            Wake::Stop if self.draining => {
+                self.stopped = true;
+                self.finish(policy::reset_text(RstReason::Aborted, false), true);
+            }
             Wake::Stop => {
                 self.stopped = true;
                 self.flow.abort(RstReason::Aborted, now);
@@ -351,7 +365,7 @@ impl Driver {
                 }
             }
             Event::PeerClosed => self.peer_closed = true,
-            Event::Closed => self.finish("fin".into(), false),
+            Event::Closed => self.closed_in_order(),
             Event::Reset { reason, remote } => {
                 self.finish(policy::reset_text(reason, remote), true)
             }
@@ -399,6 +413,24 @@ impl Driver {
         }
         if self.app_eof && self.app_wr_shut {
             self.app = None;
+        }
+    }
+
+    /// The flow ended in order (FIN both ways). Bytes it delivered (and
+    /// acknowledged) may still wait in `app_out` for a slow app: the driver
+    /// then stays, without paths, until they are written (or the app fails
+    /// or the data path stops), like a kernel socket's receive buffer.
+    fn closed_in_order(&mut self) {
+        if self.app.is_none() || self.app_out.is_empty() {
+            return self.finish("fin".into(), false);
+        }
+        self.draining = true;
+        for c in self.conns.drain(..) {
+            c.close();
+        }
+        self.current = None;
+        if let Some(r) = self.reconnect.take() {
+            r.abort();
         }
     }
 
