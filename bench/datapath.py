@@ -1,6 +1,6 @@
 """`make bench-datapath`: throughput, connection set-up, migration and agent memory of the data path.
 
-    python -m bench.datapath [--quick] [--json PATH] [--keep] [--strict] [--address-poll S]
+    python -m bench.datapath [--quick] [--only memory] [--json PATH] [--keep] [--strict] [--address-poll S]
 
 Builds one lab (`deploy.netns`: hosts ``etcd``, ``registry``, ``client`` and
 ``server`` on one network) and runs every process inside it: etcd, a registry
@@ -13,6 +13,8 @@ reads ``/proc`` (CPU time, RSS). Phases, in order:
 2. connection set-up: by name through the agents vs. direct TCP;
 3. migration: the server's address changes during a paced transfer;
 4. memory: the client agent's RSS before and after 100,000 registered entries.
+
+``--only memory`` runs phase 4 alone (a minute or two instead of the whole run).
 
 Prints the tables and writes every figure as JSON (default
 ``.bench/datapath.json``). Everything started is stopped and the lab removed
@@ -104,6 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the run folder (logs, etcd data)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--only", choices=["memory"], help="run this phase only (default: every phase)")
     p.add_argument(
         "--address-poll", type=float, default=None, help="the agents' --address-poll in seconds (default 0.5)"
     )
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_benchmark(
         args,
         "datapath",
-        lambda run_dir: run_all(settings, run_dir),
+        lambda run_dir: run_all(settings, run_dir, args.only),
         render,
         summary_rows,
         data_globs=["etcd"],
@@ -406,11 +409,12 @@ class Bench:
         }
 
 
-def run_all(settings: Settings, run_dir: Path) -> dict[str, Any]:
-    """Build the lab, run the phases, remove the lab; every figure."""
+def run_all(settings: Settings, run_dir: Path, only: str | None = None) -> dict[str, Any]:
+    """Build the lab, run the phases (or `only` that one), remove the lab; every figure."""
     started = time.monotonic()
     results: dict[str, Any] = {
         "mode": settings.mode,
+        "only": only,
         "settings": asdict(settings),
         "machine": machine_info(),
         "address_poll_s": settings.address_poll_s,
@@ -423,9 +427,10 @@ def run_all(settings: Settings, run_dir: Path) -> dict[str, Any]:
         bench = Bench(lab, settings, run_dir)
         bench.start()
         rss_start_kb = proc_status_kb(bench.pid("client"))["VmRSS"]
-        results["throughput"] = bench.throughput()
-        results["setup"] = bench.setup()
-        results["migration"] = bench.migration()
+        if only is None:
+            results["throughput"] = bench.throughput()
+            results["setup"] = bench.setup()
+            results["migration"] = bench.migration()
         results["memory"] = bench.memory(rss_start_kb)
         progress("removing the lab")
     results["elapsed_s"] = time.monotonic() - started

@@ -105,6 +105,14 @@ def stall_after(
 def summary_rows(results: dict[str, Any]) -> list[Row]:
     """The final table: every target with its verdict, the baselines beside them."""
     rows: list[Row] = []
+    if "throughput" in results:  # absent with --only memory
+        rows += _datapath_rows(results)
+    rows += _memory_rows(results["memory"])
+    return rows
+
+
+def _datapath_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     t = results["throughput"]
     gbit = {name: t[name]["gbit_s"] for name, _ in PATHS}
     for name, label in PATHS:
@@ -164,8 +172,11 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             complete,
         )
     )
-    mem = results["memory"]
-    rows += [
+    return rows
+
+
+def _memory_rows(mem: dict[str, Any]) -> list[Row]:
+    return [
         Row("client agent RSS idle (after start)", f"{mem['rss_start_mb']:.0f} MB"),
         Row(
             f"client agent RSS with {mem['entries']:,} service entries",
@@ -174,19 +185,21 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             mem["rss_loaded_mb"] <= AGENT_RSS_TARGET_MB,
         ),
     ]
-    return rows
 
 
 def render(results: dict[str, Any]) -> str:
     """Every table of the report, as text."""
-    parts = [
-        _header(results),
-        "Single-flow throughput (iperf3, one stream, client -> server)",
-        _throughput_table(results["throughput"]),
-        "Connection set-up: connect + first byte back",
-        _setup_table(results["setup"]),
-        "Migration: server address changed during a paced transfer (receiver's view)",
-        _migration_table(results["migration"], results["address_poll_s"]),
+    parts = [_header(results)]
+    if "throughput" in results:  # absent with --only memory
+        parts += [
+            "Single-flow throughput (iperf3, one stream, client -> server)",
+            _throughput_table(results["throughput"]),
+            "Connection set-up: connect + first byte back",
+            _setup_table(results["setup"]),
+            "Migration: server address changed during a paced transfer (receiver's view)",
+            _migration_table(results["migration"], results["address_poll_s"]),
+        ]
+    parts += [
         "Agent memory",
         _memory_table(results["memory"]),
         "Summary",
@@ -200,8 +213,9 @@ def render(results: dict[str, Any]) -> str:
 
 def _header(results: dict[str, Any]) -> str:
     m = results["machine"]
+    only = f", {results['only']} phase only" if results.get("only") else ""
     return (
-        f"serval data-path benchmark, {results['mode']} mode, {results['elapsed_s']:.0f} s\n"
+        f"serval data-path benchmark, {results['mode']} mode{only}, {results['elapsed_s']:.0f} s\n"
         f"machine: nproc {m['nproc']}, {m['cpu_model']}, {m['mem_total_gb']} GB, Linux {m['kernel']}, "
         f"Python {m['python']}; {results['iperf3_version']}; {results['haproxy_version']}\n"
         f"lab: hosts etcd, registry, client, server in network namespaces on one bridge (veth); "

@@ -4,7 +4,8 @@ Start order (each step needs the previous ones):
  1. the data path (binds the SAL listeners; `open_datapath` or an injected factory);
  2. the host's addresses, read once and reported with `address_added`;
  3. the registry session (lease) and the host record on it;
- 4. background tasks: lease keep-alive, registry watch → mirror, the
+ 4. background tasks: lease keep-alive, registry watch → mirror (`mirror.py`:
+    a compact Rust mirror the table is built from, no Python object per instance), the
     debounced reconciler (an initial, empty table is applied at once), the
     data-path event pump, the address poller;
  5. the local API socket (apps can now listen/connect);
@@ -46,7 +47,7 @@ from typing import Any
 
 from hostagent.agent.control import Control
 from hostagent.agent.datapath import DatapathConfig, DatapathPort, open_datapath
-from hostagent.agent.desired import Locality, desired_rules
+from hostagent.agent.desired import AGENTS_SERVICE
 from hostagent.agent.events import Endpoint, EventPump
 from hostagent.agent.host_record import HostRecord
 from hostagent.agent.interfaces import AddressPoller, Reader, advertised_addresses, read_host_addresses
@@ -54,11 +55,12 @@ from hostagent.agent.legacy import LegacyAccess, LegacyConfig
 from hostagent.agent.listeners import HostIdentity
 from hostagent.agent.local_api import LocalApi
 from hostagent.agent.metrics import AgentGauges, MetricsServer, make_registry
+from hostagent.agent.mirror import AgentMirror
 from hostagent.agent.reconcile import Reconciler
 from hostagent.agent.registry_link import RegistryLink
 from hostagent.agent.session import RegistrySession
 from hostagent.localproto import DEFAULT_SOCKET
-from hostagent.sal_core.table import Rule
+from hostagent.sal_core.desired import DesiredRules, DesiredTable
 from registry import __version__
 from registry.api.client import RegistryClient
 
@@ -101,7 +103,10 @@ class Agent:
         self.poller = AddressPoller(self._addresses_changed, config.address_poll, address_reader)
         self.client = RegistryClient(list(config.registry))
         self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
-        self.link = RegistryLink(self.client, f"agent/{config.agent_id}", self._changed, self._progress)
+        self.mirror = AgentMirror(DesiredTable(config.zone, config.region))
+        self.link = RegistryLink(
+            self.client, f"agent/{config.agent_id}", self._changed, self._progress, self.mirror
+        )
         self.host_record = HostRecord(self.session, __version__)
         self.metrics: MetricsServer | None = None
         self.metrics_port = 0
@@ -150,7 +155,7 @@ class Agent:
             dp.address_added(ip)
         host = self._host_identity(self.poller.current)
         self._reconciler = Reconciler(dp, self._desired, cfg.debounce)
-        self._control = Control(dp, self.session, self._reconciler, host, lambda: self.link.mirror)
+        self._control = Control(dp, self.session, self._reconciler, host, self.mirror.table.knows)
         self._pump = EventPump(dp, self._control)
         await self.host_record.publish(host)
         self._reconciler.reconcile_now()
@@ -236,10 +241,10 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _desired(self) -> tuple[list[Rule], int]:
-        here = Locality(self.config.zone, self.config.region)
-        revision = self.link.mirror_revision
-        return desired_rules(self.link.mirror.instances.values(), here, self.control.listeners), revision
+    def _desired(self) -> tuple[DesiredRules, int]:
+        """The desired table (a view of the Rust mirror; see `desired.py` for the semantics)."""
+        listeners = [(listener.listener_id, listener.service) for listener in self.control.listeners]
+        return self.mirror.table.rules(listeners, [AGENTS_SERVICE]), self.mirror.revision
 
     def _changed(self) -> None:
         if self._reconciler is not None:
@@ -304,7 +309,7 @@ class Agent:
             applied_revision=lambda: rec.applied_revision,
             mirror_revision=lambda: self.link.mirror_revision,
             table_generation=lambda: rec.generation,
-            table_rules=lambda: len(rec.rules),
+            table_rules=lambda: rec.rule_count,
             listeners=lambda: len(self.control.listeners),
             registry_reconnects=lambda: self.link.reconnects,
             legacy_connections=lambda: dict(self.legacy.connections),

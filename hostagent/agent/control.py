@@ -37,13 +37,11 @@ import socket
 from collections.abc import Callable
 
 from hostagent.agent.datapath import DatapathPort
-from hostagent.agent.desired import sal_port
 from hostagent.agent.events import Accepted, Connected, ConnectFailed, Delayed, Endpoint, Overflow
 from hostagent.agent.listeners import Deliver, HostIdentity, Listeners, listener_instance
 from hostagent.agent.reconcile import Reconciler
 from hostagent.agent.session import Registrar
 from registry import names
-from registry.api.client import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +83,13 @@ class Control:
         session: Registrar,
         reconciler: Reconciler,
         host: HostIdentity,
-        mirror: Callable[[], Mirror],
+        known: Callable[[bytes], bool],
     ) -> None:
         self.datapath = datapath
         self.session = session
         self.reconciler = reconciler
         self.host = host
-        self.mirror = mirror
+        self.known = known  # service ID bytes -> has a SAL-capable instance in the registry
         self.listeners = Listeners()
         self._pending: dict[int, asyncio.Future[Connected | ConnectFailed]] = {}
         self._request_ids = itertools.count(1)
@@ -224,12 +222,7 @@ class Control:
 
     def on_delayed(self, event: Delayed) -> None:
         """Hook for DELAY rules: release when the mirror now has SAL-capable instances of the ID."""
-        mirror = self.mirror()
-        known = any(
-            sal_port(i) is not None and names.service_id(i.service).raw == event.service_id
-            for i in mirror.instances.values()
-        )
-        self.datapath.settle_delay(event.request_id, known)
+        self.datapath.settle_delay(event.request_id, self.known(event.service_id))
 
     def on_overflow(self, event: Overflow) -> None:
         self.reconciler.resync()

@@ -25,6 +25,11 @@ Contract of `desired_rules`:
 
 `Generations` numbers table contents: the generation only increases when the
 content changes, as the data path's `apply_table` expects.
+
+The agent itself computes this table in Rust (`hostagent.sal_core.desired`,
+fed by `mirror.py`): no Python object per instance or rule. This module is
+the reference those semantics are checked against
+(`tests/unit/test_agent_desired_native.py`) and what the fakes use.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from hostagent.sal_core.desired import DesiredRules
 from hostagent.sal_core.table import Rule, RuleKind, Target
 from registry import names
 from registry.model import MAX_WEIGHT, Instance
@@ -61,11 +67,20 @@ class LocalListener:
 
 def sal_port(instance: Instance) -> int | None:
     """The instance's SAL port from its metadata, or None when absent or malformed."""
-    text = instance.metadata.get(SAL_PORT_KEY, "")
-    if not text.isdigit():
+    return parse_sal_port(instance.metadata.get(SAL_PORT_KEY, ""))
+
+
+def parse_sal_port(text: str) -> int | None:
+    """A ``serval.sal_port`` metadata value as a port 1..65535, or None when malformed."""
+    if not (text.isascii() and text.isdigit()):
         return None
     port = int(text)
     return port if 1 <= port <= 65535 else None
+
+
+def has_sal_instance(instances: Iterable[Instance], service_id: bytes) -> bool:
+    """True if a SAL-capable instance's service has these 32 ID bytes (a DELAY may be released)."""
+    return any(sal_port(i) is not None and names.service_id(i.service).raw == service_id for i in instances)
 
 
 def locality_rank(instance: Instance, here: Locality) -> int:
@@ -121,14 +136,19 @@ def _rule(name: str, kind: RuleKind, targets: Sequence[Target] = (), listener: i
 
 @dataclass
 class Generations:
-    """Numbers table contents: `advance(rules)` bumps the generation only when they differ."""
+    """Numbers table contents: `advance(rules)` bumps the generation only when they differ.
+
+    A `DesiredRules` view is compared by its `content_key` (the Rust mirror's
+    change counter) without materialising it: a change undone within one pass
+    then still counts as a change (the data path answers ``no_change``).
+    """
 
     generation: int = 0
-    _last: tuple[Rule, ...] | None = field(default=None, repr=False)
+    _last: object = field(default=None, repr=False)
 
     def advance(self, rules: Sequence[Rule]) -> tuple[int, bool]:
         """Return ``(generation, changed)`` for `rules`."""
-        content = tuple(rules)
+        content = rules.content_key if isinstance(rules, DesiredRules) else tuple(rules)
         if content != self._last:
             self.generation += 1
             self._last = content

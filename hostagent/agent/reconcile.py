@@ -8,6 +8,10 @@ computation), then computes the whole desired table, numbers it
 `resync()` forces the next pass to re-apply even unchanged content (after a
 data-path event overflow).
 
+`rule_count` is the number of rules of the table in force. The rules
+themselves are not kept: they may be a view of the agent's Rust mirror
+(`sal_core.desired.DesiredRules`), valid only until the mirror changes.
+
 `applied_revision` is the registry revision of the mirror the last applied
 (or confirmed unchanged) table was computed from; `generation` is that
 table's generation. A refused table (`ValueError` from the data path) is
@@ -41,7 +45,7 @@ class Reconciler:
         self.applied_revision = 0
         self.applies = 0
         self.errors = 0
-        self.rules: Sequence[Rule] = ()
+        self.rule_count = 0
         self._wanted = asyncio.Event()
         self._force = False
         self._failed = False
@@ -82,7 +86,7 @@ class Reconciler:
                 return
             self.applies += int(result.applied)
         self._failed = False
-        self.rules = rules
+        self.rule_count = len(rules)
         self.applied_revision = max(self.applied_revision, revision)
 
     async def run(self) -> None:

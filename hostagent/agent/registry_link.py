@@ -1,4 +1,7 @@
-"""Follows the registry's watch stream into a `Mirror` and asks for reconciliation.
+"""Follows the registry's watch stream into a mirror and asks for reconciliation.
+
+The mirror is the agent's compact `AgentMirror` (`mirror.py`; a
+`registry.api.client.Mirror` by default).
 
 The `RegistryClient` watch already fails over between replicas and resumes
 from the last applied revision; `RegistryLink.run()` only applies each
@@ -19,9 +22,18 @@ must not keep serving a stale table silently).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from registry.api.client import Mirror, RegistryClient, Watch
 from registry.api.v1 import registry_pb2 as pb
+
+
+class WatchMirror(Protocol):
+    """What the link feeds: `registry.api.client.Mirror` or the agent's `AgentMirror`."""
+
+    revision: int
+
+    def apply(self, msg: pb.WatchResponse) -> None: ...
 
 
 class RegistryLink:
@@ -33,12 +45,13 @@ class RegistryLink:
         subscriber_id: str,
         on_change: Callable[[], None],
         on_progress: Callable[[int], None] = lambda revision: None,
+        mirror: WatchMirror | None = None,
     ) -> None:
         self.client = client
         self.subscriber_id = subscriber_id
         self.on_change = on_change
         self.on_progress = on_progress
-        self.mirror = Mirror()
+        self.mirror: WatchMirror = mirror if mirror is not None else Mirror()
         self.messages = 0
         self.synced = False
         self._watch: Watch | None = None

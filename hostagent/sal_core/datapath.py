@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from hostagent.sal_core import _native
+from hostagent.sal_core.desired import DesiredRules
 from hostagent.sal_core.table import ApplyResult, Rule
 
 Addr: TypeAlias = tuple[str, int]
@@ -184,8 +185,14 @@ class Datapath:
         return self._ref.sal_addresses()
 
     def apply_table(self, generation: int, rules: Iterable[Rule]) -> ApplyResult:
-        """Replace the whole service table (same rules as `ServiceTable.apply`)."""
-        r = self._ref.apply_table(generation, [rule.as_native() for rule in rules])
+        """Replace the whole service table (same rules as `ServiceTable.apply`).
+
+        A `DesiredRules` view is built into the table inside Rust (no `Rule` objects).
+        """
+        if isinstance(rules, DesiredRules):
+            r = self._ref.apply_desired(generation, *rules.apply_args())
+        else:
+            r = self._ref.apply_table(generation, [rule.as_native() for rule in rules])
         return ApplyResult(
             applied=r["outcome"] == "applied",
             generation=int(r["generation"]),

@@ -131,8 +131,16 @@ class ServiceTable:
         return self._ref.generation
 
     def apply(self, generation: int, rules: Iterable[Rule]) -> ApplyResult:
-        """Replace the whole table (see module docstring); `ValueError` if refused."""
-        r = self._ref.apply(generation, [rule.as_native() for rule in rules])
+        """Replace the whole table (see module docstring); `ValueError` if refused.
+
+        A `sal_core.desired.DesiredRules` view is built into the table inside Rust.
+        """
+        from hostagent.sal_core.desired import DesiredRules  # here: that module imports this one
+
+        if isinstance(rules, DesiredRules):
+            r = self._ref.apply_desired(generation, *rules.apply_args())
+        else:
+            r = self._ref.apply(generation, [rule.as_native() for rule in rules])
         return ApplyResult(
             applied=r["outcome"] == "applied",
             generation=int(r["generation"]),

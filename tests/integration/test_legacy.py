@@ -25,7 +25,6 @@ from hostagent.agent.listeners import HostIdentity
 from hostagent.agent.reconcile import Reconciler
 from hostagent.sal_core.datapath import Datapath, DatapathConfig
 from hostagent.sal_core.table import Rule
-from registry.api.client import Mirror
 from tests.support.agent import RecordingRegistrar, eventually
 from tests.support.legacy_clients import echo_over, payload, socks_connect
 
@@ -59,7 +58,7 @@ async def mini_agent(
         )
 
     reconciler = Reconciler(dp, compute, debounce=0.01)
-    control = holder["c"] = Control(dp, registrar, reconciler, host, Mirror)
+    control = holder["c"] = Control(dp, registrar, reconciler, host, lambda sid: False)
     pump = EventPump(dp, control, poll_ms=20)
     reconciler.reconcile_now()
     tasks = [asyncio.create_task(reconciler.run()), asyncio.create_task(pump.run())]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hostagent.agent.control import Control
-from hostagent.agent.desired import Locality, desired_rules
+from hostagent.agent.desired import Locality, desired_rules, has_sal_instance
 from hostagent.agent.events import EventPump
 from hostagent.agent.listeners import HostIdentity
 from hostagent.agent.local_api import LocalApi
@@ -89,7 +89,9 @@ async def agent_harness(tmp_path: Path, remote: list[Instance] | None = None) ->
         return rules, mirror.revision
 
     reconciler = Reconciler(datapath, compute, debounce=0.01)
-    control = holder["c"] = Control(datapath, registrar, reconciler, HOST, lambda: mirror)
+    control = holder["c"] = Control(
+        datapath, registrar, reconciler, HOST, lambda sid: has_sal_instance(mirror.instances.values(), sid)
+    )
     pump = EventPump(datapath, control, poll_ms=20)
     path = tmp_path / "agent.sock"
     api = LocalApi(control, path)

@@ -205,3 +205,16 @@ def test_render_prints_every_table() -> None:
         assert title in text
     assert "METRIC" in text and "TARGET" in text and "RESULT" in text
     assert "3.00" in text and "0.30" in text  # Serval Gbit/s and its ratio to direct
+
+
+def test_memory_only_run_reports_the_memory_rows_alone() -> None:
+    full = sample_results(3.0, 250.0, 70.0)
+    results = {k: v for k, v in full.items() if k not in ("throughput", "setup", "migration")}
+    results["only"] = "memory"
+    rows = summary_rows(results)
+    assert [r.metric for r in rows] == [
+        "client agent RSS idle (after start)",
+        "client agent RSS with 100,000 service entries",
+    ]
+    text = render(results)
+    assert "memory phase only" in text and "Agent memory" in text and "Single-flow" not in text

@@ -38,6 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_class::<crate::binding_table::ServiceTableRef>()?;
     m.add_class::<crate::binding_datapath::DatapathRef>()?;
+    m.add_class::<crate::binding_desired::DesiredRef>()?;
     crate::binding_wire::register(m)?;
     Ok(())
 }

@@ -25,7 +25,8 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::binding_table::{apply_rules, service_id, socket_addr, RuleTuple};
+use crate::binding_desired::{DesiredRef, Listeners};
+use crate::binding_table::{apply_desired, apply_rules, service_id, socket_addr, RuleTuple};
 use crate::datapath::{is_open_fd, is_seqpacket_fd, Datapath, DatapathConfig, Event, MAX_GREETING};
 use crate::flow;
 use crate::service_id::ServiceId;
@@ -193,6 +194,18 @@ impl DatapathRef {
         rules: Vec<RuleTuple>,
     ) -> PyResult<Bound<'py, PyDict>> {
         apply_rules(py, self.dp.table(), generation, rules)
+    }
+
+    /// The desired table of `desired` (as `ServiceTableRef.apply_desired`).
+    fn apply_desired<'py>(
+        &self,
+        py: Python<'py>,
+        generation: u64,
+        desired: &DesiredRef,
+        listeners: Listeners,
+        exclude: Vec<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        apply_desired(py, self.dp.table(), generation, desired, listeners, exclude)
     }
 
     /// `datagram=True`: a datagram listener (accepted fds are seqpacket

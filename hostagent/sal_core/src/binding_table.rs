@@ -17,10 +17,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::binding_desired::{DesiredRef, Listeners};
 use crate::service_id::ID_BYTES;
 use crate::table::{
-    ApplyOutcome, Rule, RuleKind, ServicePrefix, ServiceTable, TableConfig, TableError, Target,
-    Verdict,
+    ApplyOutcome, ApplySummary, Rule, RuleKind, ServicePrefix, ServiceTable, TableConfig,
+    TableError, Target, Verdict,
 };
 
 /// `(host, port, weight, tier)` of a FORWARD target.
@@ -82,7 +83,57 @@ pub(crate) fn apply_rules<'py>(
         .map(rule_from_tuple)
         .collect::<PyResult<Vec<_>>>()?;
     let config = TableConfig { generation, rules };
-    let summary = py.detach(|| table.apply(config)).map_err(value_error)?;
+    let summary = py
+        .detach(|| applied_and_trimmed(table, config))
+        .map_err(value_error)?;
+    summary_dict(py, summary)
+}
+
+/// Builds the desired table from `desired` (with `listeners`' DEMUX rules,
+/// without the `exclude`d services) and applies it to `table`, all with the
+/// GIL released; no rule crosses into Python. Returns `apply_rules`' dict.
+pub(crate) fn apply_desired<'py>(
+    py: Python<'py>,
+    table: &ServiceTable,
+    generation: u64,
+    desired: &DesiredRef,
+    listeners: Listeners,
+    exclude: Vec<String>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let summary = py
+        .detach(|| {
+            let rules = desired.lock().rules(&listeners, &exclude);
+            applied_and_trimmed(table, TableConfig { generation, rules })
+        })
+        .map_err(value_error)?;
+    summary_dict(py, summary)
+}
+
+/// `table.apply(config)`; after a new version was published (and the old
+/// one and the build's scratch freed), hands free heap pages back to the
+/// OS (`malloc_trim`): a table build allocates and frees tens of MB, which
+/// glibc would otherwise keep in the process's RSS.
+fn applied_and_trimmed(
+    table: &ServiceTable,
+    config: TableConfig,
+) -> Result<ApplySummary, TableError> {
+    let summary = table.apply(config)?;
+    if summary.outcome == ApplyOutcome::Applied {
+        trim_heap();
+    }
+    Ok(summary)
+}
+
+#[cfg(target_env = "gnu")]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's heaps.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn trim_heap() {}
+
+fn summary_dict(py: Python<'_>, summary: ApplySummary) -> PyResult<Bound<'_, PyDict>> {
     let result = PyDict::new(py);
     let outcome = match summary.outcome {
         ApplyOutcome::Applied => "applied",
@@ -132,6 +183,19 @@ impl ServiceTableRef {
         rules: Vec<RuleTuple>,
     ) -> PyResult<Bound<'py, PyDict>> {
         apply_rules(py, &self.table, generation, rules)
+    }
+
+    /// Applies the desired table of `desired` (see `apply_desired`); the
+    /// same dict as `apply`.
+    fn apply_desired<'py>(
+        &self,
+        py: Python<'py>,
+        generation: u64,
+        desired: &DesiredRef,
+        listeners: Listeners,
+        exclude: Vec<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        apply_desired(py, &self.table, generation, desired, listeners, exclude)
     }
 
     /// The longest matching rule as `(kind, prefix, prefix_bits)`, or None.

@@ -11,9 +11,11 @@
 
 pub mod binding;
 mod binding_datapath;
+mod binding_desired;
 mod binding_table;
 mod binding_wire;
 pub mod datapath;
+pub mod desired;
 pub mod flow;
 pub mod service_id;
 pub mod table;

@@ -139,12 +139,27 @@ fn build_entry(
     unchanged: bool,
 ) -> Result<RuleEntry, TableError> {
     let hits = previous.map_or_else(Counter::default, |e| e.hits.clone());
+    let one = match &rule {
+        Rule::Forward(targets) => match targets.as_slice() {
+            [t] if t.weight > 0 => Some(*t),
+            _ => None,
+        },
+        _ => None,
+    };
     let action = match (rule, previous.map(|e| &e.action)) {
         (Rule::Forward(_), Some(Action::Forward(set))) if unchanged => {
             Action::Forward(Arc::clone(set))
         }
-        (Rule::Forward(targets), old_action) => {
-            let old_counters = forward_counters(old_action);
+        (Rule::Forward(_), _) if one.is_some() => {
+            let addr = one.map(|t| t.addr);
+            let chosen = forward_counters(previous)
+                .into_iter()
+                .find(|c| Some(c.0) == addr)
+                .map_or_else(Counter::default, |c| c.1);
+            Action::ForwardOne(chosen)
+        }
+        (Rule::Forward(targets), _) => {
+            let old_counters = forward_counters(previous);
             let counter_of =
                 |addr: &SocketAddr| match old_counters.binary_search_by_key(addr, |c| c.0) {
                     Ok(i) => old_counters[i].1.clone(),
@@ -161,6 +176,7 @@ fn build_entry(
             [only] => Some(only.target),
             _ => None,
         },
+        Action::ForwardOne(_) => one,
         _ => None,
     };
     Ok(RuleEntry {
@@ -171,10 +187,12 @@ fn build_entry(
     })
 }
 
-/// `(address, counter)` of the targets of an old FORWARD action, by address.
-fn forward_counters(action: Option<&Action>) -> Vec<(SocketAddr, Counter)> {
-    let Some(Action::Forward(set)) = action else {
-        return Vec::new();
+/// `(address, counter)` of the targets of an old FORWARD entry, by address.
+fn forward_counters(previous: Option<&RuleEntry>) -> Vec<(SocketAddr, Counter)> {
+    let set = match previous.map(|e| (&e.action, e.single)) {
+        Some((Action::Forward(set), _)) => set,
+        Some((Action::ForwardOne(chosen), Some(t))) => return vec![(t.addr, chosen.clone())],
+        _ => return Vec::new(),
     };
     let mut counters: Vec<_> = set
         .targets()

@@ -39,11 +39,11 @@
 //! is a prefix of N's key, so N.best = Q. A miss means no entry matched.
 //!
 //! **Complexity.** Lookup: ≤ 8 aligned probes (usually 1–2) + one probe per
-//! remainder under N (usually 0–1), each expected O(1) at load ≤ ¾; no locks,
+//! remainder under N (usually 0–1), each expected O(1) at load ≤ ⅞; no locks,
 //! no allocation (`batch`: the same lookup over many IDs with their cache
 //! misses overlapped). `find_exact`: one probe. Build: O(n) expected, plus one
 //! bounded lookup per marker. Space: 50 bytes (48-byte entry + 2-byte tag)
-//! × the next power of two ≥ 4/3 × (entries + markers), i.e. 67–133 bytes
+//! × the next power of two ≥ 8/7 × (entries + markers), i.e. 57–115 bytes
 //! per prefix, plus 514 bytes.
 
 mod batch;

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::counters::{Counter, CountersSnapshot, RuleCounts};
+use super::counters::{Counter, CountersSnapshot, RuleCounts, TargetCounts};
 use super::forward::ForwardSet;
 use super::lpm::{Lpm, BATCH};
 use super::pages::HugeVec;
@@ -24,6 +24,11 @@ pub const LOOKUP_BATCH: usize = BATCH;
 /// The built action of a rule.
 pub enum Action {
     Forward(Arc<ForwardSet>),
+    /// A FORWARD rule of exactly one target, eligible (weight > 0): the
+    /// common case (one instance of a service), kept without a `ForwardSet`
+    /// (~160 bytes less per rule). The target is the entry's `single`; the
+    /// counter counts its choices.
+    ForwardOne(Counter),
     Demux(u64),
     Delay,
     Drop,
@@ -71,7 +76,7 @@ impl RuleEntry {
     /// The kind of the rule.
     pub fn kind(&self) -> RuleKind {
         match self.action {
-            Action::Forward(_) => RuleKind::Forward,
+            Action::Forward(_) | Action::ForwardOne(_) => RuleKind::Forward,
             Action::Demux(_) => RuleKind::Demux,
             Action::Delay => RuleKind::Delay,
             Action::Drop => RuleKind::Drop,
@@ -86,6 +91,7 @@ impl RuleEntry {
                 targets.sort_by_key(|t| t.addr);
                 Rule::Forward(targets)
             }
+            Action::ForwardOne(_) => Rule::Forward(self.single.into_iter().collect()),
             Action::Demux(listener) => Rule::Demux(*listener),
             Action::Delay => Rule::Delay,
             Action::Drop => Rule::Drop,
@@ -103,6 +109,9 @@ impl RuleEntry {
                             .binary_search_by_key(&t.target.addr, |c| c.addr)
                             .is_ok_and(|i| targets[i] == t.target)
                     })
+            }
+            (Action::ForwardOne(_), Rule::Forward(targets)) => {
+                matches!(targets.as_slice(), [only] if Some(*only) == self.single)
             }
             (Action::Demux(a), Rule::Demux(b)) => a == b,
             (Action::Delay, Rule::Delay) | (Action::Drop, Rule::Drop) => true,
@@ -125,6 +134,7 @@ impl RuleEntry {
     pub fn all_targets(&self) -> Vec<Target> {
         match &self.action {
             Action::Forward(set) => set.best_tier().iter().map(|t| t.target).collect(),
+            Action::ForwardOne(_) => self.single.into_iter().collect(),
             _ => Vec::new(),
         }
     }
@@ -138,6 +148,10 @@ impl RuleEntry {
                     (Verdict::Forward(t.target), Some(&t.chosen))
                 }
                 None => (Verdict::NoTarget, None),
+            },
+            Action::ForwardOne(chosen) => match self.single {
+                Some(t) if !exclude.contains(&t.addr) => (Verdict::Forward(t), Some(chosen)),
+                _ => (Verdict::NoTarget, None),
             },
             Action::Demux(listener) => (Verdict::Demux(*listener), None),
             Action::Delay => (Verdict::Delay, None),
@@ -261,6 +275,12 @@ impl Table {
             hits: e.hits.get(),
             targets: match &e.action {
                 Action::Forward(set) => set.counts(),
+                Action::ForwardOne(chosen) => (e.single.iter())
+                    .map(|t| TargetCounts {
+                        addr: t.addr,
+                        chosen: chosen.get(),
+                    })
+                    .collect(),
                 _ => Vec::new(),
             },
         });
@@ -284,6 +304,7 @@ impl Table {
             .iter()
             .map(|e| match &e.action {
                 Action::Forward(set) => 16 + set.memory_bytes() + set.targets().len() * counter,
+                Action::ForwardOne(_) => counter,
                 _ => 0,
             })
             .sum();

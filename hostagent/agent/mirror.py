@@ -1,0 +1,51 @@
+"""The agent's mirror of the registry: watch messages → a compact `DesiredTable`.
+
+`AgentMirror.apply(msg)` has the contract of `registry.api.client.Mirror.apply`
+(a SNAPSHOT series replaces the content; deltas put or delete; `revision`
+only grows) but keeps no per-instance Python object: each instance goes
+straight into the Rust `DesiredTable`, which keeps only SAL-capable
+instances and only what the service table needs (see
+`hostagent/sal_core/desired.py`). The watch message is dropped once applied.
+
+This module reads the registry's protobuf messages directly (like
+`registry.api.convert`, the registry's converter) so that no `Instance`
+object is built per delta.
+"""
+
+from __future__ import annotations
+
+from hostagent.agent.desired import SAL_PORT_KEY, parse_sal_port
+from hostagent.sal_core.desired import DesiredTable
+from registry.api.v1 import registry_pb2 as pb
+
+_SNAPSHOT_KINDS = (pb.WatchResponse.SNAPSHOT, pb.WatchResponse.SNAPSHOT_END)
+
+
+class AgentMirror:
+    """SAL-capable registry instances in `table`, at `revision`. Event-loop thread only."""
+
+    def __init__(self, table: DesiredTable) -> None:
+        self.table = table
+        self.revision = 0
+        self._fresh_snapshot = True
+
+    def apply(self, msg: pb.WatchResponse) -> None:
+        """Apply one watch message (SNAPSHOT series replace the content)."""
+        if msg.kind in _SNAPSHOT_KINDS:
+            if self._fresh_snapshot:
+                self.table.clear()
+            self._fresh_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT_END
+            for inst in msg.instances:
+                self._put(inst)
+        for d in msg.deltas:
+            if d.kind == pb.InstanceDelta.DELETE:
+                self.table.remove(d.instance.service, d.instance.instance_id)
+            else:
+                self._put(d.instance)
+        self.revision = max(self.revision, msg.revision)
+
+    def _put(self, i: pb.Instance) -> None:
+        port = parse_sal_port(i.metadata.get(SAL_PORT_KEY, ""))
+        self.table.put(
+            i.service, i.instance_id, i.addresses, port, i.weight, i.tier, i.locality.zone, i.locality.region
+        )
