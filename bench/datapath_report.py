@@ -103,9 +103,22 @@ def stall_after(
 
 
 def summary_rows(results: dict[str, Any]) -> list[Row]:
-    """The final table: every target with its verdict, the baselines beside them."""
+    """The final table: every target with its verdict, the baselines beside them (phases that
+    did not run, see ``--only``, are left out)."""
     rows: list[Row] = []
-    t = results["throughput"]
+    if "throughput" in results:
+        rows += _throughput_rows(results["throughput"])
+    if "setup" in results:
+        rows += _setup_rows(results["setup"])
+    if "migration" in results:
+        rows += _migration_rows(results["migration"], results["address_poll_s"])
+    if "memory" in results:
+        rows += _memory_rows(results["memory"])
+    return rows
+
+
+def _throughput_rows(t: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     gbit = {name: t[name]["gbit_s"] for name, _ in PATHS}
     for name, label in PATHS:
         rows.append(Row(f"throughput, {label}", f"{gbit[name]:.2f} Gbit/s"))
@@ -125,7 +138,11 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             vs_haproxy >= SERVAL_VS_HAPROXY_TARGET,
         ),
     ]
-    setup = results["setup"]
+    return rows
+
+
+def _setup_rows(setup: list[dict[str, Any]]) -> list[Row]:
+    rows: list[Row] = []
     for run in setup:
         if run["concurrency"] == 1:
             lat = run["latency"]
@@ -144,12 +161,16 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
         )
     failed = sum(run["failed"] for run in setup)
     rows.append(Row("failed connections (set-up phase)", str(failed), "0", failed == 0))
-    mig = results["migration"]
+    return rows
+
+
+def _migration_rows(mig: dict[str, Any], poll_s: float) -> list[Row]:
+    rows: list[Row] = []
     worst = max(m["recovery_ms"] for m in mig["changes"])
     rows.append(
         Row(
             f"migration: address change -> data flowing again, worst of {len(mig['changes'])} "
-            f"(agent address poll {results['address_poll_s']:g} s)",
+            f"(agent address poll {poll_s:g} s)",
             f"{worst:.0f} ms",
             f"<= {MIGRATION_TARGET_MS:.0f} ms",
             worst <= MIGRATION_TARGET_MS,
@@ -164,8 +185,11 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             complete,
         )
     )
-    mem = results["memory"]
-    rows += [
+    return rows
+
+
+def _memory_rows(mem: dict[str, Any]) -> list[Row]:
+    return [
         Row("client agent RSS idle (after start)", f"{mem['rss_start_mb']:.0f} MB"),
         Row(
             f"client agent RSS with {mem['entries']:,} service entries",
@@ -174,21 +198,26 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             mem["rss_loaded_mb"] <= AGENT_RSS_TARGET_MB,
         ),
     ]
-    return rows
 
 
 def render(results: dict[str, Any]) -> str:
     """Every table of the report, as text."""
-    parts = [
-        _header(results),
-        "Single-flow throughput (iperf3, one stream, client -> server)",
-        _throughput_table(results["throughput"]),
-        "Connection set-up: connect + first byte back",
-        _setup_table(results["setup"]),
-        "Migration: server address changed during a paced transfer (receiver's view)",
-        _migration_table(results["migration"], results["address_poll_s"]),
-        "Agent memory",
-        _memory_table(results["memory"]),
+    parts = [_header(results)]
+    if "throughput" in results:
+        parts += [
+            "Single-flow throughput (iperf3, one stream, client -> server)",
+            _throughput_table(results["throughput"]),
+        ]
+    if "setup" in results:
+        parts += ["Connection set-up: connect + first byte back", _setup_table(results["setup"])]
+    if "migration" in results:
+        parts += [
+            "Migration: server address changed during a paced transfer (receiver's view)",
+            _migration_table(results["migration"], results["address_poll_s"]),
+        ]
+    if "memory" in results:
+        parts += ["Agent memory", _memory_table(results["memory"])]
+    parts += [
         "Summary",
         table(
             [(r.metric, r.value, r.target or "-", r.result) for r in summary_rows(results)],

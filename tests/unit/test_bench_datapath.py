@@ -205,3 +205,13 @@ def test_render_prints_every_table() -> None:
         assert title in text
     assert "METRIC" in text and "TARGET" in text and "RESULT" in text
     assert "3.00" in text and "0.30" in text  # Serval Gbit/s and its ratio to direct
+
+
+def test_a_run_of_only_some_phases_reports_just_those() -> None:
+    results = sample_results(6.0, 150.0, 60.0)
+    for phase in ("setup", "migration", "memory"):
+        del results[phase]
+    text = render(results)
+    assert "Single-flow throughput" in text and "Summary" in text
+    assert "Connection set-up" not in text and "Agent memory" not in text
+    assert [r.metric for r in summary_rows(results)][-1] == "throughput ratio Serval / haproxy chain"

@@ -49,6 +49,26 @@ fn echo_bulk_both_ways_and_orderly_close() {
 }
 
 #[test]
+fn bytes_queued_for_a_slow_app_survive_the_flows_close() {
+    // B's app closes its side at once and reads only after the flow has
+    // closed (TIME-WAIT 200 ms): what B's data path still held for it must
+    // be written before its stream ends, not dropped with the flow.
+    let p = connected_pair("slow-reader.test");
+    p.server.shutdown(Shutdown::Write).unwrap();
+    let up = pattern(900 << 10, 3); // within B's receive window (1 MiB)
+    let up_sha = sha(&up);
+    let c_wr = send_all(p.client.try_clone().unwrap(), up);
+    let closed = |e: &Event| matches!(e, Event::FlowClosed { .. });
+    match Events::new(&p.b).wait("flow_closed", closed) {
+        Event::FlowClosed { reason, .. } => assert_eq!(reason, "fin"),
+        _ => unreachable!(),
+    }
+    let s_rd = read_all(p.server.try_clone().unwrap(), Arc::new(AtomicU64::new(0)));
+    assert_eq!(s_rd.join().unwrap(), (up_sha, 900 << 10));
+    drop(c_wr.join().unwrap());
+}
+
+#[test]
 fn refused_service_fails_naming_what_was_tried() {
     let a = start();
     let b = start(); // no listener, no rule: B refuses (no service)
