@@ -1,6 +1,7 @@
 """`make bench-datapath`: throughput, connection set-up, migration and agent memory of the data path.
 
-    python -m bench.datapath [--quick] [--only memory] [--json PATH] [--keep] [--strict] [--address-poll S]
+    python -m bench.datapath [--quick] [--only PHASE ...] [--json PATH] [--keep] [--strict]
+                             [--address-poll S]
 
 Builds one lab (`deploy.netns`: hosts ``etcd``, ``registry``, ``client`` and
 ``server`` on one network) and runs every process inside it: etcd, a registry
@@ -14,7 +15,7 @@ reads ``/proc`` (CPU time, RSS). Phases, in order:
 3. migration: the server's address changes during a paced transfer;
 4. memory: the client agent's RSS before and after 100,000 registered entries.
 
-``--only memory`` runs phase 4 alone (a minute or two instead of the whole run).
+``--only PHASE`` (repeatable) runs just those phases, e.g. ``--only throughput``.
 
 Prints the tables and writes every figure as JSON (default
 ``.bench/datapath.json``). Everything started is stopped and the lab removed
@@ -58,6 +59,7 @@ IPERF_NAME = "iperf.bench"
 SETUP_NAME = "setup.bench"
 MIGRATION_NAME = "migrate.bench"
 APPS = [sys.executable, "-m", "bench.datapath_apps"]
+PHASES = ("throughput", "setup", "migration", "memory")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the run folder (logs, etcd data)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    p.add_argument("--only", choices=["memory"], help="run this phase only (default: every phase)")
+    p.add_argument(
+        "--only", action="append", choices=PHASES, help="run only this phase (repeatable; default: all)"
+    )
     p.add_argument(
         "--address-poll", type=float, default=None, help="the agents' --address-poll in seconds (default 0.5)"
     )
@@ -126,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"bench: {', '.join(missing)} not installed: run `make bench-deps` (as root)", file=sys.stderr)
         return 1
+    phases = tuple(p for p in PHASES if p in (args.only or PHASES))
     return run_benchmark(
         args,
         "datapath",
-        lambda run_dir: run_all(settings, run_dir, args.only),
+        lambda run_dir: run_all(settings, run_dir, phases),
         render,
         summary_rows,
         data_globs=["etcd"],
@@ -409,12 +414,12 @@ class Bench:
         }
 
 
-def run_all(settings: Settings, run_dir: Path, only: str | None = None) -> dict[str, Any]:
-    """Build the lab, run the phases (or `only` that one), remove the lab; every figure."""
+def run_all(settings: Settings, run_dir: Path, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
+    """Build the lab, run `phases` (in `PHASES` order), remove the lab; every figure."""
     started = time.monotonic()
     results: dict[str, Any] = {
         "mode": settings.mode,
-        "only": only,
+        "phases": list(phases),
         "settings": asdict(settings),
         "machine": machine_info(),
         "address_poll_s": settings.address_poll_s,
@@ -427,11 +432,14 @@ def run_all(settings: Settings, run_dir: Path, only: str | None = None) -> dict[
         bench = Bench(lab, settings, run_dir)
         bench.start()
         rss_start_kb = proc_status_kb(bench.pid("client"))["VmRSS"]
-        if only is None:
+        if "throughput" in phases:
             results["throughput"] = bench.throughput()
+        if "setup" in phases:
             results["setup"] = bench.setup()
+        if "migration" in phases:
             results["migration"] = bench.migration()
-        results["memory"] = bench.memory(rss_start_kb)
+        if "memory" in phases:
+            results["memory"] = bench.memory(rss_start_kb)
         progress("removing the lab")
     results["elapsed_s"] = time.monotonic() - started
     return results

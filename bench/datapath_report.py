@@ -103,17 +103,22 @@ def stall_after(
 
 
 def summary_rows(results: dict[str, Any]) -> list[Row]:
-    """The final table: every target with its verdict, the baselines beside them."""
+    """The final table: every target with its verdict, the baselines beside them (phases that
+    did not run, see ``--only``, are left out)."""
     rows: list[Row] = []
-    if "throughput" in results:  # absent with --only memory
-        rows += _datapath_rows(results)
-    rows += _memory_rows(results["memory"])
+    if "throughput" in results:
+        rows += _throughput_rows(results["throughput"])
+    if "setup" in results:
+        rows += _setup_rows(results["setup"])
+    if "migration" in results:
+        rows += _migration_rows(results["migration"], results["address_poll_s"])
+    if "memory" in results:
+        rows += _memory_rows(results["memory"])
     return rows
 
 
-def _datapath_rows(results: dict[str, Any]) -> list[Row]:
+def _throughput_rows(t: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    t = results["throughput"]
     gbit = {name: t[name]["gbit_s"] for name, _ in PATHS}
     for name, label in PATHS:
         rows.append(Row(f"throughput, {label}", f"{gbit[name]:.2f} Gbit/s"))
@@ -133,7 +138,11 @@ def _datapath_rows(results: dict[str, Any]) -> list[Row]:
             vs_haproxy >= SERVAL_VS_HAPROXY_TARGET,
         ),
     ]
-    setup = results["setup"]
+    return rows
+
+
+def _setup_rows(setup: list[dict[str, Any]]) -> list[Row]:
+    rows: list[Row] = []
     for run in setup:
         if run["concurrency"] == 1:
             lat = run["latency"]
@@ -152,12 +161,16 @@ def _datapath_rows(results: dict[str, Any]) -> list[Row]:
         )
     failed = sum(run["failed"] for run in setup)
     rows.append(Row("failed connections (set-up phase)", str(failed), "0", failed == 0))
-    mig = results["migration"]
+    return rows
+
+
+def _migration_rows(mig: dict[str, Any], poll_s: float) -> list[Row]:
+    rows: list[Row] = []
     worst = max(m["recovery_ms"] for m in mig["changes"])
     rows.append(
         Row(
             f"migration: address change -> data flowing again, worst of {len(mig['changes'])} "
-            f"(agent address poll {results['address_poll_s']:g} s)",
+            f"(agent address poll {poll_s:g} s)",
             f"{worst:.0f} ms",
             f"<= {MIGRATION_TARGET_MS:.0f} ms",
             worst <= MIGRATION_TARGET_MS,
@@ -190,18 +203,21 @@ def _memory_rows(mem: dict[str, Any]) -> list[Row]:
 def render(results: dict[str, Any]) -> str:
     """Every table of the report, as text."""
     parts = [_header(results)]
-    if "throughput" in results:  # absent with --only memory
+    if "throughput" in results:
         parts += [
             "Single-flow throughput (iperf3, one stream, client -> server)",
             _throughput_table(results["throughput"]),
-            "Connection set-up: connect + first byte back",
-            _setup_table(results["setup"]),
+        ]
+    if "setup" in results:
+        parts += ["Connection set-up: connect + first byte back", _setup_table(results["setup"])]
+    if "migration" in results:
+        parts += [
             "Migration: server address changed during a paced transfer (receiver's view)",
             _migration_table(results["migration"], results["address_poll_s"]),
         ]
+    if "memory" in results:
+        parts += ["Agent memory", _memory_table(results["memory"])]
     parts += [
-        "Agent memory",
-        _memory_table(results["memory"]),
         "Summary",
         table(
             [(r.metric, r.value, r.target or "-", r.result) for r in summary_rows(results)],
@@ -213,7 +229,8 @@ def render(results: dict[str, Any]) -> str:
 
 def _header(results: dict[str, Any]) -> str:
     m = results["machine"]
-    only = f", {results['only']} phase only" if results.get("only") else ""
+    phases = results.get("phases")
+    only = f", phases: {', '.join(phases)}" if phases and len(phases) < 4 else ""
     return (
         f"serval data-path benchmark, {results['mode']} mode{only}, {results['elapsed_s']:.0f} s\n"
         f"machine: nproc {m['nproc']}, {m['cpu_model']}, {m['mem_total_gb']} GB, Linux {m['kernel']}, "

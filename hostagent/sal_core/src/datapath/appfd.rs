@@ -6,10 +6,56 @@
 //! [`AppFd::abort`] closes it so that a TCP peer sees a reset (SO_LINGER 0);
 //! a Unix socket peer sees end of stream (Unix sockets have no reset).
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
+
+/// Most queued chunks per write to the app ([`AppFd::write_vectored`]).
+const WRITE_IOVECS: usize = 16;
+
+/// Bytes queued for the app, in order: whole chunks as delivered (no
+/// copy), the front one written from an offset.
+#[derive(Default)]
+pub(crate) struct AppQueue {
+    chunks: VecDeque<Vec<u8>>,
+    off: usize,
+}
+
+impl AppQueue {
+    pub(crate) fn push(&mut self, chunk: Vec<u8>) {
+        if !chunk.is_empty() {
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The next bytes to write, as up to `WRITE_IOVECS` slices.
+    pub(crate) fn slices(&self) -> Vec<IoSlice<'_>> {
+        let off = self.off;
+        (self.chunks.iter().take(WRITE_IOVECS).enumerate())
+            .map(|(i, b)| IoSlice::new(if i == 0 { &b[off..] } else { b }))
+            .collect()
+    }
+
+    /// Drops the first `n` queued bytes (they were written).
+    pub(crate) fn consume(&mut self, mut n: usize) {
+        while let Some(front) = self.chunks.front() {
+            let rest = front.len() - self.off;
+            if n < rest {
+                self.off += n;
+                return;
+            }
+            n -= rest;
+            self.chunks.pop_front();
+            self.off = 0;
+        }
+    }
+}
 
 /// A non-blocking app fd registered with the runtime (create inside it).
 pub(crate) struct AppFd {
@@ -105,20 +151,19 @@ impl AppFd {
         }
     }
 
-    /// Writes some of `buf` (never raises SIGPIPE). Cancel-safe.
-    pub(crate) async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    /// Writes some of `bufs`, in order (`sendmsg`; never raises SIGPIPE). Cancel-safe.
+    pub(crate) async fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.writable().await?;
             let r = guard.try_io(|inner| {
-                // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
-                cvt(unsafe {
-                    libc::send(
-                        inner.as_raw_fd(),
-                        buf.as_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_NOSIGNAL,
-                    )
-                })
+                // SAFETY: zeroed is a valid msghdr (no name, no control data).
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                // `IoSlice` is ABI-compatible with `iovec` on Unix; sendmsg
+                // only reads through the pointer.
+                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = bufs.len() as _;
+                // SAFETY: `msg` points at `bufs`, valid for the call.
+                cvt(unsafe { libc::sendmsg(inner.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
             });
             if let Ok(r) = r {
                 return r;

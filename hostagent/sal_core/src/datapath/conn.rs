@@ -2,21 +2,29 @@
 //! delimits SAL frames (`wire::decode_stream`) and a writer task fed by an
 //! unbounded queue, so the flow's driver never blocks on the network.
 //!
-//! Contract: every frame read, or the connection's end, is reported on the
-//! driver's channel as a [`ConnEvent`] tagged with the connection's id.
+//! Contract: the frames read, or the connection's end, are reported on the
+//! driver's channel as [`ConnEvent`]s tagged with the connection's id.
+//! Frames travel as one shared slice of the read buffer per read (whole,
+//! checked frames, in order; no copy per frame). Sends are lists of
+//! buffers (a data frame is its encoded head + the payload it owns) that
+//! the writer gathers into `writev` calls of up to [`WRITE_BATCH`] bytes.
 //! Queued bytes are bounded by the flow's windows (the peer's receive
 //! window for data, a few control frames besides); [`Conn::send`] refuses
 //! beyond [`MAX_QUEUED`] and the driver then treats the path as broken.
 //! [`Conn::close`] flushes what is queued, then sends TCP FIN;
-//! [`Conn::abort`] resets the connection at once.
+//! [`Conn::abort`] resets the connection at once. Also here: dialling
+//! ([`connect`], and [`redial`] for a flow that lost its path) and the
+//! framing of what a driver sends ([`Outgoing`]).
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -24,16 +32,25 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::appfd::set_zero_linger;
-use crate::wire::{decode_stream, Decoded, OwnedFrame};
+use super::events::lock;
+use super::policy;
+use super::shared::{random_u64, FlowCmd, Shared};
+use crate::wire::{
+    decode_stream, encode_head, Decoded, Frame, OwnedFrame, WireError, MAX_HEADER_LEN,
+};
 
 /// Most bytes queued for one connection before it counts as broken.
 pub(crate) const MAX_QUEUED: usize = 16 << 20;
-const READ_CHUNK: usize = 64 * 1024;
-const WRITE_BATCH: usize = 256 * 1024;
+/// Room made in the read buffer before each read (bytes per `recv` at most).
+const READ_CHUNK: usize = 256 * 1024;
+/// Most bytes (and buffers) per `writev`.
+const WRITE_BATCH: usize = 512 * 1024;
+const WRITE_IOVECS: usize = 64;
 
 /// What a connection reports to its flow's driver.
 pub(crate) enum ConnEvent {
-    Frames(u64, Vec<OwnedFrame>),
+    /// One or more whole frames, back to back (they decoded without error).
+    Frames(u64, Bytes),
     Down(u64, String),
 }
 
@@ -42,7 +59,7 @@ pub(crate) struct Conn {
     pub id: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    tx: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    tx: Option<mpsc::UnboundedSender<Vec<Vec<u8>>>>,
     queued: Arc<AtomicUsize>,
     /// A duplicate of the socket fd: lets `abort` set SO_LINGER 0 whatever
     /// the tasks are doing (the socket closes when all copies are gone).
@@ -70,6 +87,77 @@ pub(crate) async fn connect(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out"))??;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// Capacity of a buffer of packed control frames / data frame heads.
+const SMALL_BUF: usize = 4 * MAX_HEADER_LEN;
+
+/// Encoded frames for one connection (what [`Conn::send`] takes), in
+/// order: control frames and frame heads are packed into small buffers; a
+/// data frame's payload follows its head as the buffer the machine handed
+/// over (sent with `writev`, not copied).
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    pub bufs: Vec<Vec<u8>>,
+}
+
+impl Outgoing {
+    pub(crate) fn push(&mut self, f: OwnedFrame) {
+        let small = match self.bufs.last_mut() {
+            Some(b) if b.capacity() - b.len() >= MAX_HEADER_LEN => b,
+            _ => {
+                self.bufs.push(Vec::with_capacity(SMALL_BUF));
+                self.bufs.last_mut().expect("just pushed")
+            }
+        };
+        // Frames made by the machine always encode.
+        let _ = encode_head(&f.as_frame(), small);
+        if !f.payload.is_empty() {
+            self.bufs.push(f.payload);
+        }
+    }
+}
+
+/// The frames of a [`ConnEvent::Frames`] buffer, in order (the reader
+/// checked that every one decodes).
+pub(crate) fn frames(buf: &[u8]) -> impl Iterator<Item = Frame<'_>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || match decode_stream(rest) {
+        Ok(Decoded::Frame(f, used)) => {
+            rest = &rest[used..];
+            Some(f)
+        }
+        _ => None,
+    })
+}
+
+/// Dials `targets` in turn (source address chosen from the host's current
+/// addresses) with jittered backoff until one answers, then hands the
+/// connection to the flow's driver, which cancels this when no longer needed.
+pub(crate) async fn redial(
+    sh: Arc<Shared>,
+    targets: Vec<SocketAddr>,
+    first_delay_ms: u64,
+    tx: mpsc::UnboundedSender<FlowCmd>,
+) {
+    tokio::time::sleep(Duration::from_millis(first_delay_ms)).await;
+    let timeout = Duration::from_millis(sh.cfg.reconnect_max_ms.max(500));
+    for attempt in 0u32.. {
+        let to = targets[attempt as usize % targets.len()];
+        let from = policy::choose_source(&lock(&sh.local_ips), to, None);
+        if let Ok(s) = connect(to, from, timeout).await {
+            let _ = tx.send(FlowCmd::Reconnected(s));
+            return;
+        }
+        let cfg = &sh.cfg;
+        let wait = policy::backoff_ms(
+            attempt,
+            cfg.reconnect_initial_ms,
+            cfg.reconnect_max_ms,
+            random_u64(),
+        );
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
 }
 
 /// Short text of a connection error, for `tried` lists and events.
@@ -110,9 +198,10 @@ impl Conn {
         })
     }
 
-    /// Queues encoded frames; false if the connection is gone or overfull.
-    pub(crate) fn send(&self, bytes: Vec<u8>) -> bool {
-        let n = bytes.len();
+    /// Queues encoded frames (buffers sent in order, back to back); false
+    /// if the connection is gone or overfull.
+    pub(crate) fn send(&self, bytes: Vec<Vec<u8>>) -> bool {
+        let n = bytes.iter().map(Vec::len).sum();
         if self.queued.load(Relaxed) + n > MAX_QUEUED {
             return false;
         }
@@ -133,28 +222,23 @@ impl Conn {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, mut buf: Vec<u8>, id: u64, tx: mpsc::Sender<ConnEvent>) {
+async fn read_loop(mut rd: OwnedReadHalf, initial: Vec<u8>, id: u64, tx: mpsc::Sender<ConnEvent>) {
+    let mut buf = BytesMut::from(&initial[..]);
     loop {
-        let mut frames = Vec::new();
-        let mut used = 0;
-        loop {
-            match decode_stream(&buf[used..]) {
-                Ok(Decoded::Frame(f, n)) => {
-                    frames.push(f.to_owned_frame());
-                    used += n;
-                }
-                Ok(Decoded::NeedMore(_)) => break,
-                Err(e) => {
-                    let _ = tx
-                        .send(ConnEvent::Down(id, format!("bad frame: {e}")))
-                        .await;
-                    return;
-                }
+        let used = match whole_frames(&buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx
+                    .send(ConnEvent::Down(id, format!("bad frame: {e}")))
+                    .await;
+                return;
             }
-        }
-        buf.drain(..used);
-        if !frames.is_empty() && tx.send(ConnEvent::Frames(id, frames)).await.is_err() {
-            return;
+        };
+        if used > 0 {
+            let frames = buf.split_to(used).freeze();
+            if tx.send(ConnEvent::Frames(id, frames)).await.is_err() {
+                return;
+            }
         }
         buf.reserve(READ_CHUNK);
         let r = tokio::select! {
@@ -175,25 +259,64 @@ async fn read_loop(mut rd: OwnedReadHalf, mut buf: Vec<u8>, id: u64, tx: mpsc::S
     }
 }
 
+/// Length of the whole, valid frames at the front of `buf`.
+fn whole_frames(buf: &[u8]) -> Result<usize, WireError> {
+    let mut used = 0;
+    while let Decoded::Frame(_, n) = decode_stream(&buf[used..])? {
+        used += n;
+    }
+    Ok(used)
+}
+
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
     queued: Arc<AtomicUsize>,
     id: u64,
     events: mpsc::Sender<ConnEvent>,
 ) {
-    while let Some(mut batch) = rx.recv().await {
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
+    let mut bufs: VecDeque<Vec<u8>> = VecDeque::new();
+    while let Some(first) = rx.recv().await {
+        bufs.extend(first);
+        let mut total: usize = bufs.iter().map(Vec::len).sum();
+        while total < WRITE_BATCH && bufs.len() < WRITE_IOVECS {
+            let Ok(more) = rx.try_recv() else { break };
+            total += more.iter().map(Vec::len).sum::<usize>();
+            bufs.extend(more);
         }
-        if let Err(e) = wr.write_all(&batch).await {
+        if let Err(e) = write_all(&mut wr, &mut bufs).await {
             let _ = events.send(ConnEvent::Down(id, why(&e))).await;
             return;
         }
-        queued.fetch_sub(batch.len(), Relaxed);
+        queued.fetch_sub(total, Relaxed);
     }
     let _ = wr.shutdown().await;
+}
+
+/// Writes every buffer of `bufs` in order with `writev` (leaves it empty).
+async fn write_all(wr: &mut OwnedWriteHalf, bufs: &mut VecDeque<Vec<u8>>) -> io::Result<()> {
+    let mut off = 0; // bytes of the front buffer already written
+    while !bufs.is_empty() {
+        let slices: Vec<IoSlice<'_>> = bufs
+            .iter()
+            .take(WRITE_IOVECS)
+            .enumerate()
+            .map(|(i, b)| IoSlice::new(if i == 0 { &b[off..] } else { b }))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while let Some(front) = bufs.front() {
+            let left = front.len() - off;
+            if n < left {
+                off += n;
+                break;
+            }
+            n -= left;
+            off = 0;
+            bufs.pop_front();
+        }
+    }
+    Ok(())
 }

@@ -23,19 +23,18 @@
 //! whose first frame is an authentic RSYN (the listener routes it here by
 //! destination flow ID) becomes current too, as `PeerMigrated` asks.
 
-use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::appfd::AppFd;
-use super::conn::{self, Conn, ConnEvent};
+use super::appfd::AppQueue;
+use super::conn::{self, Conn, ConnEvent, Outgoing};
 use super::events::{lock, Event as DpEvent};
 use super::policy;
 use super::shared::{random_u64, FlowCmd, Shared};
@@ -43,7 +42,8 @@ use super::stats::Stats;
 use crate::flow::{Effect, Event, Flow, State};
 use crate::wire::{self, Decoded, RstReason};
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes per read of the app fd (then cut into frames of `max_payload`).
+const READ_CHUNK: usize = 256 * 1024;
 /// Attached connections kept per flow (current + spares from races).
 const MAX_CONNS: usize = 3;
 
@@ -75,10 +75,8 @@ pub(crate) fn spawn(
 ) {
     let id = flow.local_flow();
     let greeting_left = greeting.len();
-    let app_out: VecDeque<Vec<u8>> = Some(greeting)
-        .filter(|g| !g.is_empty())
-        .into_iter()
-        .collect();
+    let mut app_out = AppQueue::default();
+    app_out.push(greeting);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (conn_tx, conn_rx) = mpsc::channel(64);
     lock(&sh.flows).insert(id, cmd_tx.clone());
@@ -91,7 +89,6 @@ pub(crate) fn spawn(
         app_eof: false,
         close_when_established: false,
         app_out,
-        app_out_off: 0,
         greeting_left,
         peer_closed: false,
         app_wr_shut: false,
@@ -105,7 +102,6 @@ pub(crate) fn spawn(
         known_peer,
         reconnect: None,
         reported: true,
-        rbuf: vec![0; READ_CHUNK],
         ended: false,
         stopped: false,
         draining: false,
@@ -122,9 +118,8 @@ struct Driver {
     app_eof: bool,
     /// The app's EOF arrived before set-up completed (see `handle`).
     close_when_established: bool,
-    /// Delivered bytes not yet written to the app (front chunk from `app_out_off`).
-    app_out: VecDeque<Vec<u8>>,
-    app_out_off: usize,
+    /// Delivered bytes not yet written to the app.
+    app_out: AppQueue,
     /// Bytes of the greeting (the front of `app_out`) not yet written.
     greeting_left: usize,
     peer_closed: bool,
@@ -140,7 +135,6 @@ struct Driver {
     reconnect: Option<JoinHandle<()>>,
     /// A `Migrated` event was emitted for the current resynchronisation.
     reported: bool,
-    rbuf: Vec<u8>,
     ended: bool,
     stopped: bool,
     /// Closed in order; only `app_out` is still being written (see
@@ -155,9 +149,9 @@ async fn read_opt(app: Option<&AppFd>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write_opt(app: Option<&AppFd>, buf: Option<&[u8]>) -> io::Result<usize> {
-    match (app, buf) {
-        (Some(a), Some(b)) => a.write(b).await,
+async fn write_opt(app: Option<&AppFd>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    match app {
+        Some(a) if !bufs.is_empty() => a.write_vectored(bufs).await,
         _ => std::future::pending().await,
     }
 }
@@ -186,7 +180,13 @@ impl Driver {
         let deadline = self.flow.next_deadline().map(|ms| self.sh.instant(ms));
         let room = self.flow.writable().min(READ_CHUNK);
         let can_read = self.app.is_some() && !self.app_eof && room > 0;
-        let front = self.app_out.front().map(|b| &b[self.app_out_off..]);
+        // App bytes are read straight into the flow's send buffer.
+        let space = if can_read {
+            self.flow.write_space(room)
+        } else {
+            &mut []
+        };
+        let out = self.app_out.slices();
         let app = self.app.as_ref();
         if !self.stopped && *stop.borrow() {
             // Stopped before this driver subscribed (or between two waits):
@@ -197,8 +197,8 @@ impl Driver {
         tokio::select! {
             c = self.cmd_rx.recv() => Wake::Cmd(c),
             Some(e) = self.conn_rx.recv() => Wake::Conn(e),
-            r = write_opt(app, front) => Wake::AppWrote(r),
-            r = read_opt(app, &mut self.rbuf[..room]), if can_read => Wake::AppRead(r),
+            r = write_opt(app, &out) => Wake::AppWrote(r),
+            r = read_opt(app, space), if can_read => Wake::AppRead(r),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => Wake::Timer,
             _ = stop.changed(), if !stopped => Wake::Stop,
@@ -212,10 +212,8 @@ impl Driver {
             Wake::Cmd(Some(cmd)) => self.on_cmd(cmd),
             Wake::Cmd(None) => {}
             Wake::Conn(ConnEvent::Frames(cid, frames)) => {
-                for f in frames {
-                    self.flow.on_frame(&f.as_frame(), self.sh.now_ms());
-                    self.perform(Some(cid));
-                }
+                self.flow.on_frames(conn::frames(&frames), now);
+                self.perform(Some(cid));
             }
             Wake::Conn(ConnEvent::Down(cid, _why)) => self.conn_down(cid),
             Wake::AppRead(Ok(0)) => {
@@ -230,8 +228,7 @@ impl Driver {
                 }
             }
             Wake::AppRead(Ok(n)) => {
-                let taken = self.flow.write(&self.rbuf[..n], now);
-                debug_assert_eq!(taken, n, "read at most writable()");
+                self.flow.commit_write(n, now);
                 Stats::add(&self.sh.stats.bytes_out, n as u64);
             }
             Wake::AppWrote(Ok(n)) => self.app_wrote(n, now),
@@ -254,15 +251,7 @@ impl Driver {
     }
 
     fn app_wrote(&mut self, n: usize, now: u64) {
-        self.app_out_off += n;
-        if self
-            .app_out
-            .front()
-            .is_some_and(|b| self.app_out_off >= b.len())
-        {
-            self.app_out.pop_front();
-            self.app_out_off = 0;
-        }
+        self.app_out.consume(n);
         let own = n.min(self.greeting_left);
         self.greeting_left -= own;
         let n = (n - own) as u64;
@@ -312,7 +301,7 @@ impl Driver {
     /// Performs the machine's effects in order. `source`: the connection
     /// the last input came from (a `PeerMigrated` makes it current).
     fn perform(&mut self, source: Option<u64>) {
-        let mut out = Vec::new();
+        let mut out = Outgoing::default();
         loop {
             let effects = self.flow.take_effects();
             if effects.is_empty() {
@@ -321,10 +310,8 @@ impl Driver {
             let mut discard = 0u64;
             for e in effects {
                 match e {
-                    Effect::Send(f) => {
-                        let _ = wire::encode(&f.as_frame(), &mut out);
-                    }
-                    Effect::Deliver(b) if self.app.is_some() => self.app_out.push_back(b),
+                    Effect::Send(f) => out.push(f),
+                    Effect::Deliver(b) if self.app.is_some() => self.app_out.push(b),
                     Effect::Deliver(b) => discard += b.len() as u64,
                     Effect::Event(ev) => {
                         self.flush(&mut out);
@@ -339,11 +326,11 @@ impl Driver {
         }
     }
 
-    fn flush(&mut self, out: &mut Vec<u8>) {
-        if out.is_empty() {
+    fn flush(&mut self, out: &mut Outgoing) {
+        if out.bufs.is_empty() {
             return;
         }
-        let bytes = std::mem::take(out);
+        let bytes = std::mem::take(&mut out.bufs);
         let sent = self
             .conns
             .iter()
@@ -523,7 +510,7 @@ impl Driver {
         if targets.is_empty() {
             return; // nothing to dial: wait for the peer's RSYN
         }
-        let task = reconnect_loop(
+        let task = conn::redial(
             self.sh.clone(),
             targets,
             first_delay_ms,
@@ -578,33 +565,5 @@ impl Drop for Driver {
         if !self.ended {
             self.finish("reset: data path stopped".into(), true);
         }
-    }
-}
-
-/// Dials `targets` in turn (source address chosen from the host's current
-/// addresses) until one answers; the driver cancels it when no longer needed.
-async fn reconnect_loop(
-    sh: Arc<Shared>,
-    targets: Vec<SocketAddr>,
-    first_delay_ms: u64,
-    tx: mpsc::UnboundedSender<FlowCmd>,
-) {
-    tokio::time::sleep(Duration::from_millis(first_delay_ms)).await;
-    let timeout = Duration::from_millis(sh.cfg.reconnect_max_ms.max(500));
-    for attempt in 0u32.. {
-        let to = targets[attempt as usize % targets.len()];
-        let from = policy::choose_source(&lock(&sh.local_ips), to, None);
-        if let Ok(s) = conn::connect(to, from, timeout).await {
-            let _ = tx.send(FlowCmd::Reconnected(s));
-            return;
-        }
-        let cfg = &sh.cfg;
-        let wait = policy::backoff_ms(
-            attempt,
-            cfg.reconnect_initial_ms,
-            cfg.reconnect_max_ms,
-            random_u64(),
-        );
-        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }

@@ -325,10 +325,32 @@ impl Flow {
     /// A decoded frame addressed to this flow (by destination flow ID, or a
     /// repeated SYN from this flow's initiator).
     pub fn on_frame(&mut self, frame: &Frame<'_>, now: u64) {
+        self.on_frames([*frame], now);
+    }
+
+    /// Frames that arrived together, in order: as [`Flow::on_frame`] for
+    /// each, except that after DATA and ACK frames what to send is decided
+    /// once, after the run of them (one acknowledgement for a batch of DATA
+    /// frames instead of one each). Control frames are answered one by one.
+    pub fn on_frames<'a>(&mut self, frames: impl IntoIterator<Item = Frame<'a>>, now: u64) {
         self.now = self.now.max(now);
-        if self.state == State::Closed {
-            return;
+        let mut unanswered = false;
+        for frame in frames {
+            if self.state == State::Closed {
+                return;
+            }
+            self.take_frame(&frame);
+            unanswered = frame.header.frame_type != FrameType::Control;
+            if !unanswered {
+                self.finish();
+            }
         }
+        if unanswered {
+            self.finish();
+        }
+    }
+
+    fn take_frame(&mut self, frame: &Frame<'_>) {
         let before = self.stats;
         match frame.header.frame_type {
             FrameType::Control => self.on_control(frame),
@@ -338,7 +360,6 @@ impl Flow {
         if frame.header.flags & crate::wire::FLAG_ACK_NOW != 0 && self.is_synchronised() {
             self.ack_owed = true;
         }
-        self.finish();
     }
 
     /// Time passed: retransmissions, give-ups, TIME-WAIT expiry.
@@ -384,6 +405,31 @@ impl Flow {
         let n = self.snd.push(data);
         self.finish();
         n
+    }
+
+    /// Free space of the send buffer for the caller to read application
+    /// bytes into directly (saves copying them through [`Flow::write`]): at
+    /// most `max` bytes, possibly fewer than [`Flow::writable`] (the space
+    /// wraps around the buffer's end), empty when nothing may be written.
+    /// Follow with [`Flow::commit_write`].
+    pub fn write_space(&mut self, max: usize) -> &mut [u8] {
+        if !self.can_write() {
+            return &mut [];
+        }
+        self.snd.spare(max)
+    }
+
+    /// The first `n` bytes of the slice the last [`Flow::write_space`]
+    /// returned now hold application bytes: as [`Flow::write`] of them.
+    /// Panics if `n` exceeds that slice.
+    pub fn commit_write(&mut self, n: usize, now: u64) {
+        self.now = self.now.max(now);
+        if n == 0 {
+            return;
+        }
+        assert!(self.can_write(), "commit_write without write_space");
+        self.snd.commit(n);
+        self.finish();
     }
 
     /// The application consumed `n` delivered bytes (opens the window).

@@ -392,6 +392,46 @@ fn receive_window_limits_sender_until_read() {
 }
 
 #[test]
+fn a_batch_of_data_frames_is_acknowledged_once() {
+    let cfg = Config {
+        max_payload: 1000,
+        ..Config::stream()
+    };
+    let mut n = Net::established(cfg);
+    n.write(A, &pattern(3500, 6));
+    let frames: Vec<Vec<u8>> = n.ends[B].inbox.drain(..).collect();
+    assert_eq!(frames.len(), 4);
+    let decoded = frames.iter().map(|b| wire::decode_datagram(b).unwrap());
+    let now = n.now;
+    n.f(B).on_frames(decoded, now);
+    n.collect(B);
+    let answers = n.queued(A);
+    assert_eq!(answers.len(), 1, "one ACK for the batch");
+    assert_eq!(answers[0].ext.ack.map(|a| a.ack), Some(3500));
+    n.settle();
+    assert_eq!(n.ends[B].got, pattern(3500, 6));
+    assert_eq!(n.f(A).acked(), 3500);
+    n.check();
+}
+
+#[test]
+fn bytes_written_in_place_are_sent_like_written_ones() {
+    let mut n = Net::established(Config::stream());
+    let data = pattern(5000, 7);
+    let now = n.now;
+    let space = n.f(A).write_space(3000);
+    assert_eq!(space.len(), 3000);
+    space.copy_from_slice(&data[..3000]);
+    n.f(A).commit_write(3000, now);
+    n.ends[A].written.extend_from_slice(&data[..3000]);
+    n.collect(A);
+    n.write(A, &data[3000..]);
+    n.settle();
+    assert_eq!(n.ends[B].got, data);
+    n.check();
+}
+
+#[test]
 fn duplicate_and_overlapping_data_delivered_once() {
     let mut n = Net::established(Config::stream());
     n.write(A, b"hello world");

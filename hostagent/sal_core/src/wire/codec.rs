@@ -53,14 +53,24 @@ pub fn encode_into(frame: &Frame<'_>, out: &mut [u8]) -> Result<usize, WireError
 
 /// Appends the encoding of `frame` to `out`; returns the bytes appended.
 pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    out.reserve(encoded_len(frame)?);
+    let head = encode_head(frame, out)?;
+    out.extend_from_slice(frame.payload);
+    Ok(head + frame.payload.len())
+}
+
+/// Appends the encoding of `frame` *without its payload* to `out` (header
+/// and extensions, whose lengths and checksum cover the payload); returns
+/// the bytes appended. Followed on the wire by `frame.payload`, this is
+/// exactly [`encode`]'s output: lets a sender write the payload from where
+/// it already is (e.g. with `writev`) instead of copying it.
+pub fn encode_head(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<usize, WireError> {
     let total = encoded_len(frame)?;
     let head = total - frame.payload.len();
     let mut buf = [0u8; MAX_HEADER_LEN];
     write_head(frame, &mut buf[..head], total)?;
-    out.reserve(total);
     out.extend_from_slice(&buf[..head]);
-    out.extend_from_slice(frame.payload);
-    Ok(total)
+    Ok(head)
 }
 
 /// Writes header and extensions into `out` (exactly their length) and the checksum.

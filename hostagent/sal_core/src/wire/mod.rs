@@ -23,7 +23,7 @@ mod examples;
 mod tests;
 
 pub use codec::{
-    decode, decode_datagram, decode_stream, encode, encode_into, encoded_len, Decoded,
+    decode, decode_datagram, decode_stream, encode, encode_head, encode_into, encoded_len, Decoded,
 };
 pub use error::WireError;
 pub use extensions::{

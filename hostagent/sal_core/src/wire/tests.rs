@@ -66,6 +66,13 @@ fn roundtrip(f: &Frame<'_>) -> Vec<u8> {
     let mut slice = vec![0u8; n];
     assert_eq!(encode_into(f, &mut slice).unwrap(), n);
     assert_eq!(slice, v);
+    let mut head = Vec::new();
+    let h = encode_head(f, &mut head).unwrap();
+    assert_eq!(
+        (h, &head[..]),
+        (n - f.payload.len(), &v[..h]),
+        "head + payload = encode"
+    );
     let (g, used) = decode(&v).unwrap();
     assert_eq!(used, n);
     assert_eq!(&g, f);
