@@ -16,11 +16,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from registry.processes import ChildProcess
-from registry.raft.local_etcd import LocalEtcdCluster
+# grpc, its health service, etcd and the child-process helpers are imported by
+# the functions that use them: `serval agent` and the registry commands share
+# this module's parser and should not load them.
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,6 +37,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def registry_serving(target: str) -> bool:
     """True when the registry at `target` reports SERVING on the standard health service."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     try:
         with grpc.insecure_channel(target) as channel:
             resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -48,6 +49,9 @@ def registry_serving(target: str) -> bool:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from registry.processes import ChildProcess
+    from registry.raft.local_etcd import LocalEtcdCluster
+
     state: Path = args.state_dir.resolve()
     stop = threading.Event()
 

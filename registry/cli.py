@@ -25,7 +25,6 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from registry.api.client import Mirror, RegistryClient, keep_session_alive
-from registry.api.server import Replica, ReplicaConfig
 from registry.api.v1 import registry_pb2 as pb
 from registry.model import DEFAULT_TTL_SECONDS, DEFAULT_WEIGHT, Instance
 
@@ -146,6 +145,10 @@ def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
 
 
 async def run_registry(args: argparse.Namespace) -> int:
+    # Imported here: the server side (etcd store, fan-out) is not needed by the
+    # other commands, nor by `serval agent`, which shares this parser.
+    from registry.api.server import Replica, ReplicaConfig
+
     config = ReplicaConfig(
         etcd_endpoints=[e.strip() for e in args.etcd.split(",") if e.strip()],
         listen=args.listen,

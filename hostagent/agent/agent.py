@@ -54,7 +54,7 @@ from hostagent.agent.interfaces import AddressPoller, Reader, advertised_address
 from hostagent.agent.legacy import LegacyAccess, LegacyConfig
 from hostagent.agent.listeners import HostIdentity
 from hostagent.agent.local_api import LocalApi
-from hostagent.agent.metrics import AgentGauges, MetricsServer, make_registry
+from hostagent.agent.metrics import AgentGauges, MetricsServer
 from hostagent.agent.mirror import AgentMirror
 from hostagent.agent.reconcile import Reconciler
 from hostagent.agent.registry_link import RegistryLink
@@ -171,8 +171,8 @@ class Agent:
         self._legacy = LegacyAccess(self._control, cfg.legacy)
         await self._legacy.start()
         if cfg.metrics_port is not None:
-            self.metrics = MetricsServer(make_registry(self._gauges()), cfg.metrics_addr, cfg.metrics_port)
-            self.metrics_port = self.metrics.start()
+            self.metrics = MetricsServer(self._gauges(), cfg.metrics_addr, cfg.metrics_port)
+            self.metrics_port = await self.metrics.start()
         log.info("agent %s up: SAL %s, socket %s", cfg.agent_id, dp.sal_addresses(), cfg.socket_path)
 
     def request_stop(self) -> None:
@@ -198,7 +198,7 @@ class Agent:
     async def stop(self) -> None:
         """Stop in the documented order; safe on a partly started agent and when called twice."""
         if self.metrics is not None:
-            self.metrics.stop()
+            await self.metrics.stop()
             self.metrics = None
         await self._cancel("addresses", "republish", "local_api")
         if self._legacy is not None:

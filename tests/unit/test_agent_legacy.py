@@ -7,13 +7,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
 
 from deploy.cli import build_parser
 from hostagent.agent.cli import config_from_args
 from hostagent.agent.events import Overflow
 from hostagent.agent.legacy import LegacyAccess, LegacyConfig
-from hostagent.agent.metrics import AgentGauges, make_registry
+from hostagent.agent.metrics import AgentGauges, collect, render
 from hostagent.sal_core.table import Rule, RuleKind, Target
 from tests.support.agent import agent_harness, eventually
 from tests.support.legacy_clients import socks_connect
@@ -95,7 +94,7 @@ def test_legacy_metrics() -> None:
         legacy_connections=lambda: {"socks": 3},
         legacy_failures=lambda: {("socks", "connect"): 1},
     )
-    lines = generate_latest(make_registry(gauges)).decode().splitlines()
+    lines = render(collect(gauges)).decode().splitlines()
     for line in [
         'serval_agent_legacy_connections_total{kind="socks"} 3.0',
         'serval_agent_legacy_connections_total{kind="upstream"} 0.0',

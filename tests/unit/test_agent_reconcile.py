@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from prometheus_client import generate_latest
-
 from hostagent.agent.events import FlowClosed, Migrated, TargetFailed
-from hostagent.agent.metrics import AgentGauges, make_registry
+from hostagent.agent.metrics import AgentGauges, collect, render
 from hostagent.agent.reconcile import Reconciler
 from hostagent.sal_core.table import ApplyResult, Rule, RuleKind, Target
 from tests.fakes.datapath import FakeDatapath
@@ -90,7 +88,7 @@ def test_metrics_are_namespaced_and_read_at_scrape_time() -> None:
         listeners=lambda: 1,
         registry_reconnects=lambda: 0,
     )
-    text = generate_latest(make_registry(gauges)).decode()
+    text = render(collect(gauges)).decode()
     for line in [
         "serval_agent_flows_active 2.0",
         "serval_agent_bytes_in_total 10.0",

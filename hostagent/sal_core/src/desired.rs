@@ -3,9 +3,11 @@
 //!
 //! Why in Rust: the agent follows the whole registry. As Python objects (one
 //! `Instance` per registered instance, then one `Rule` + `Target` per
-//! service per pass) 100,000 entries cost ~2 kB each; here an instance that
-//! matters costs ~140 bytes and the rules are built straight into the
-//! service table (`ServiceTable::apply`), never as Python objects.
+//! service per pass) 100,000 entries cost ~2 kB each; here a service with
+//! one instance costs one 80-byte hash-table slot (~105 bytes at the table's
+//! load; no heap block when its addresses and ID fit `INLINE` bytes) and
+//! the rules are built straight into the service table
+//! (`ServiceTable::apply`), never as Python objects.
 //!
 //! What is kept: only *SAL-capable* instances (a SAL port), keyed by the
 //! 256-bit ID of their service name and their instance ID, with what the
@@ -70,20 +72,42 @@ pub struct InstanceInput<'a> {
     pub region: &'a str,
 }
 
-/// A kept instance: 32 bytes, plus one heap block holding its addresses
-/// and ID (`packed`: count, then per address a family byte and 4 or 16
-/// bytes, then the ID's UTF-8 bytes) — ~32 bytes for one IPv4 address.
+/// A kept instance: 40 bytes, its addresses and ID packed (count, then per
+/// address a family byte and 4 or 16 bytes, then the ID's UTF-8 bytes)
+/// inline when they fit in `INLINE` bytes (one IPv4 address and an ID of
+/// up to 16 bytes), else in one heap block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Inst {
-    packed: Box<[u8]>,
+    packed: Packed,
     port: u16,
     weight: u32,
     /// `(registry tier × LOCALITY_RANKS + locality rank) × ADDRESS_RANKS`.
     tier: u32,
 }
 
+/// Packed bytes kept inline (so `Packed` is 24 bytes, as large as its
+/// `Heap` form plus a tag): saves the 32-byte allocation of most instances.
+const INLINE: usize = 22;
+
+/// The packed addresses and ID of an instance (unused inline bytes are zero,
+/// so equal content compares equal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Packed {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Packed {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Packed::Inline { len, bytes } => &bytes[..*len as usize],
+            Packed::Heap(bytes) => bytes,
+        }
+    }
+}
+
 impl Inst {
-    fn pack(addrs: &[IpAddr], id: &str) -> Box<[u8]> {
+    fn pack(addrs: &[IpAddr], id: &str) -> Packed {
         let mut out = Vec::with_capacity(1 + addrs.len() * 17 + id.len());
         out.push(addrs.len().min(255) as u8);
         for addr in addrs.iter().take(255) {
@@ -99,15 +123,24 @@ impl Inst {
             }
         }
         out.extend_from_slice(id.as_bytes());
-        out.into_boxed_slice()
+        if out.len() > INLINE {
+            return Packed::Heap(out.into_boxed_slice());
+        }
+        let mut bytes = [0; INLINE];
+        bytes[..out.len()].copy_from_slice(&out);
+        Packed::Inline {
+            len: out.len() as u8,
+            bytes,
+        }
     }
 
     /// The addresses, in registration order.
     fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let packed = self.packed.as_slice();
         let mut at = 1;
-        (0..self.packed[0]).map(move |_| {
-            let len = if self.packed[at] == 4 { 4 } else { 16 };
-            let bytes = &self.packed[at + 1..at + 1 + len];
+        (0..packed[0]).map(move |_| {
+            let len = if packed[at] == 4 { 4 } else { 16 };
+            let bytes = &packed[at + 1..at + 1 + len];
             at += 1 + len;
             match <[u8; 4]>::try_from(bytes) {
                 Ok(v4) => IpAddr::from(v4),
@@ -116,12 +149,17 @@ impl Inst {
         })
     }
 
+    fn address_count(&self) -> u8 {
+        self.packed.as_slice()[0]
+    }
+
     fn id(&self) -> &[u8] {
+        let packed = self.packed.as_slice();
         let mut at = 1;
-        for _ in 0..self.packed[0] {
-            at += 1 + if self.packed[at] == 4 { 4 } else { 16 };
+        for _ in 0..packed[0] {
+            at += 1 + if packed[at] == 4 { 4 } else { 16 };
         }
-        &self.packed[at..]
+        &packed[at..]
     }
 }
 
@@ -365,7 +403,7 @@ fn ids(names: &[String]) -> HashSet<[u8; ID_BYTES]> {
 /// the sum of that tier's weights (capped).
 fn forward(insts: &[Inst]) -> Rule {
     if let [only] = insts {
-        if only.packed[0] == 1 {
+        if only.address_count() == 1 {
             let addr = only.addrs().next().expect("one address");
             let target = Target::new(SocketAddr::new(addr, only.port), only.weight, only.tier);
             return Rule::Forward(vec![target]);
@@ -421,6 +459,28 @@ mod tests {
         match d.rules(&[], &[]).into_iter().find(|r| r.0 == p) {
             Some((_, Rule::Forward(t))) => t,
             other => panic!("no forward rule: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_instances_pack_inline_long_ones_on_the_heap() {
+        assert_eq!(std::mem::size_of::<Inst>(), 40);
+        assert_eq!(std::mem::size_of::<Service>(), 48);
+        let short = Inst::pack(&[ip("10.0.0.1")], "i-1234567890abcd");
+        assert!(matches!(short, Packed::Inline { len: 22, .. }));
+        let long = Inst::pack(&[ip("10.0.0.1")], "i-1234567890abcde");
+        assert!(matches!(long, Packed::Heap(_)));
+        let six = Inst::pack(&[ip("fd00::1")], "i");
+        assert!(matches!(six, Packed::Inline { len: 19, .. }));
+        for packed in [short, long, six] {
+            let inst = Inst {
+                packed,
+                port: 1,
+                weight: 1,
+                tier: 0,
+            };
+            assert_eq!(inst.addrs().count(), 1);
+            assert!(inst.id().starts_with(b"i"));
         }
     }
 

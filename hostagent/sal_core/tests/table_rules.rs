@@ -358,6 +358,27 @@ fn counters_survive_reapply_for_kept_prefixes_and_targets() {
 }
 
 #[test]
+fn bumps_on_an_old_version_carry_over_only_for_counters_in_use_at_the_build() {
+    let rules = || vec![(p("aa:8"), Rule::Drop), (p("bb:8"), Rule::Drop)];
+    let t = table(1, rules());
+    t.resolve(&id("aa"), 0, &[]);
+    let old = t.snapshot();
+    t.apply(TableConfig {
+        generation: 2,
+        rules: [rules(), vec![(p("cc:8"), Rule::Delay)]].concat(),
+    })
+    .unwrap();
+    // A reader still on the old version: aa's counter was in use, so the new
+    // version shares it; bb's counter is allocated by this first bump, after
+    // the build, so the new version never sees it (the documented window).
+    old.resolve(&id("aa"), 0, &[]);
+    old.resolve(&id("bb"), 0, &[]);
+    let hits: Vec<u64> = t.counters().rules.iter().map(|r| r.hits).collect();
+    assert_eq!(hits, vec![2, 0, 0]);
+    assert_eq!(old.counters().rules[1].hits, 1);
+}
+
+#[test]
 fn delay_queue_is_bounded_and_settles() {
     assert_eq!(DelayQueue::<u8>::default().limit(), DEFAULT_DELAY_LIMIT);
     assert_eq!(

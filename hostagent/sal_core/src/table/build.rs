@@ -8,6 +8,14 @@
 //! if its weight or tier changed. Counters of removed prefixes and removed
 //! targets are dropped; new prefixes and new targets start at zero. The
 //! no-route counter always carries over.
+//!
+//! Counters are lazy (`counters`): one never bumped has no cell yet, so the
+//! new version gets a fresh lazy counter for it. The one loss window: if such
+//! a counter is first bumped on the *old* version after this build read it
+//! (between the build and the swap, or by a reader still holding the old
+//! version), those bumps are not seen by the new version — only first-use
+//! traffic of a rule or target that coincides with an apply (a build of
+//! 100,000 rules takes ~50 ms). Counters already in use lose nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,7 +129,7 @@ pub(crate) fn build(
         digest: prepared.digest,
         lpm,
         entries,
-        no_route: old.content.no_route.clone(),
+        no_route: old.content.no_route.carry(),
     };
     Ok((
         Table {
@@ -138,7 +146,7 @@ fn build_entry(
     previous: Option<&RuleEntry>,
     unchanged: bool,
 ) -> Result<RuleEntry, TableError> {
-    let hits = previous.map_or_else(Counter::default, |e| e.hits.clone());
+    let hits = previous.map_or_else(Counter::default, |e| e.hits.carry());
     let one = match &rule {
         Rule::Forward(targets) => match targets.as_slice() {
             [t] if t.weight > 0 => Some(*t),
@@ -162,7 +170,7 @@ fn build_entry(
             let old_counters = forward_counters(previous);
             let counter_of =
                 |addr: &SocketAddr| match old_counters.binary_search_by_key(addr, |c| c.0) {
-                    Ok(i) => old_counters[i].1.clone(),
+                    Ok(i) => old_counters[i].1.carry(),
                     Err(_) => Counter::default(),
                 };
             Action::Forward(Arc::new(ForwardSet::build(&prefix, targets, counter_of)?))
@@ -191,13 +199,13 @@ fn build_entry(
 fn forward_counters(previous: Option<&RuleEntry>) -> Vec<(SocketAddr, Counter)> {
     let set = match previous.map(|e| (&e.action, e.single)) {
         Some((Action::Forward(set), _)) => set,
-        Some((Action::ForwardOne(chosen), Some(t))) => return vec![(t.addr, chosen.clone())],
+        Some((Action::ForwardOne(chosen), Some(t))) => return vec![(t.addr, chosen.carry())],
         _ => return Vec::new(),
     };
     let mut counters: Vec<_> = set
         .targets()
         .iter()
-        .map(|t| (t.target.addr, t.chosen.clone()))
+        .map(|t| (t.target.addr, t.chosen.carry()))
         .collect();
     counters.sort_by_key(|c| c.0);
     counters

@@ -184,7 +184,7 @@ impl Table {
             digest: super::build::digest_of(&[]),
             lpm: Lpm::build(&[]).expect("an empty index always builds"),
             entries: HugeVec::with_capacity(0),
-            no_route: Counter::default(),
+            no_route: Counter::eager(),
         };
         Table {
             generation: 0,
@@ -292,22 +292,33 @@ impl Table {
     }
 
     /// Bytes held by this version's structures: the index, the rule entries,
-    /// FORWARD sets (targets, tiers, Maglev tables) and counters. Excludes
-    /// allocator overhead.
+    /// FORWARD sets (targets, tiers, Maglev tables) and the counter cells
+    /// allocated so far (counters are lazy). Excludes allocator overhead.
     pub fn memory_bytes(&self) -> usize {
-        let counter = std::mem::size_of::<u64>() * 3; // Arc header + value
-                                                      // (ForwardSet::memory_bytes counts the set itself; + 16 = Arc header.)
-        let per_entry = std::mem::size_of::<RuleEntry>() + counter;
+        let cell = std::mem::size_of::<u64>() * 3; // Arc header + value
+        let cells = |c: &Counter| if c.is_allocated() { cell } else { 0 };
+        // (ForwardSet::memory_bytes counts the set itself; + 16 = Arc header.)
         let sets: usize = self
             .content
             .entries
             .iter()
-            .map(|e| match &e.action {
-                Action::Forward(set) => 16 + set.memory_bytes() + set.targets().len() * counter,
-                Action::ForwardOne(_) => counter,
-                _ => 0,
+            .map(|e| {
+                cells(&e.hits)
+                    + match &e.action {
+                        Action::Forward(set) => {
+                            16 + set.memory_bytes()
+                                + set
+                                    .targets()
+                                    .iter()
+                                    .map(|t| cells(&t.chosen))
+                                    .sum::<usize>()
+                        }
+                        Action::ForwardOne(chosen) => cells(chosen),
+                        _ => 0,
+                    }
             })
             .sum();
+        let per_entry = std::mem::size_of::<RuleEntry>();
         self.content.lpm.memory_bytes() + self.content.entries.len() * per_entry + sets
     }
 }
