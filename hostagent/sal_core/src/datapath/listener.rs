@@ -76,6 +76,15 @@ async fn incoming(sh: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
         .control
         .is_some_and(|c| c.flags & ctl::RSYN != 0 && c.flags & ctl::ACK == 0);
     let dst = frame.header.dst_flow;
+    // A new path to an address we were told is gone would break again (on
+    // a real host it cannot even arrive): leave it, so the peer's redial
+    // moves on to our other endpoints.
+    let to_removed = stream
+        .local_addr()
+        .is_ok_and(|a| lock(&sh.removed_ips).contains(&a.ip()));
+    if to_removed {
+        return;
+    }
     if !is_rsyn || !sh.tell(dst, FlowCmd::IncomingPath { stream, buf }) {
         Stats::bump(&sh.stats.rsyn_rejected);
     }

@@ -292,6 +292,7 @@ impl Datapath {
     /// source for reconnections).
     pub fn address_added(&self, ip: IpAddr) {
         lock(&self.sh.local_ips).insert(ip);
+        lock(&self.sh.removed_ips).remove(&ip);
         self.sh.tell_all(|| FlowCmd::AddressAdded);
         self.dg.tell_all(|| DgramCmd::AddressAdded);
     }
@@ -300,6 +301,7 @@ impl Datapath {
     /// from another address and resynchronise.
     pub fn address_removed(&self, ip: IpAddr) {
         lock(&self.sh.local_ips).remove(&ip);
+        lock(&self.sh.removed_ips).insert(ip);
         self.sh.tell_all(|| FlowCmd::AddressRemoved(ip));
         self.dg.tell_all(|| DgramCmd::AddressRemoved(ip));
     }

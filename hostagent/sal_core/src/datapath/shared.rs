@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     /// local flow id → its driver's command channel.
     pub flows: Mutex<HashMap<u64, mpsc::UnboundedSender<FlowCmd>>>,
     pub local_ips: Mutex<BTreeSet<IpAddr>>,
+    /// Addresses the control plane said are gone (until re-added): no new
+    /// path of a flow is accepted on them (see `listener::incoming`).
+    pub removed_ips: Mutex<BTreeSet<IpAddr>>,
     pub sal_addrs: Vec<SocketAddr>,
     pub held: Mutex<Held>,
     pub events: EventQueue,
@@ -74,6 +77,7 @@ impl Shared {
             listeners: Mutex::new(HashMap::new()),
             flows: Mutex::new(HashMap::new()),
             local_ips: Mutex::new(local),
+            removed_ips: Mutex::new(BTreeSet::new()),
             sal_addrs,
             held: Mutex::new(held),
             stats: Stats::default(),
