@@ -61,6 +61,38 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
         deadline,
         greeting,
     } = req;
+    let found = with_failover(
+        &sh,
+        request_id,
+        service,
+        deadline,
+        &sh.sal_addrs,
+        |target| attempt(&sh, target, service, deadline),
+    )
+    .await;
+    if let Some(est) = found {
+        start(&sh, request_id, est, app_fd, greeting);
+    }
+}
+
+/// The set-up loop shared by stream and datagram flows: resolve `service`
+/// (random per-flow key), `attempt` the chosen target (DEMUX: our own
+/// endpoint among `local`, loopback), and on failure report `TargetFailed`,
+/// exclude it and re-resolve; DELAY holds the set-up. Returns the first
+/// success; otherwise emits `ConnectFailed` (naming the service and every
+/// try) and returns None — the caller then drops the app fd.
+pub(crate) async fn with_failover<T, F, Fut>(
+    sh: &Arc<Shared>,
+    request_id: u64,
+    service: ServiceId,
+    deadline: Instant,
+    local: &[SocketAddr],
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let flow_key = random_u64();
     let mut tried: Vec<(SocketAddr, String)> = Vec::new();
     let mut exclude: Vec<SocketAddr> = Vec::new();
@@ -73,11 +105,11 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
         }
         let target = match sh.table.resolve(&service.bytes, flow_key, &exclude) {
             Verdict::Forward(t) => t.addr,
-            Verdict::Demux(_) => match policy::loopback_endpoint(&sh.sal_addrs) {
+            Verdict::Demux(_) => match policy::loopback_endpoint(local) {
                 Some(me) if !exclude.contains(&me) => me,
                 _ => break "local listener unreachable".into(),
             },
-            Verdict::Delay => match hold(&sh, request_id, service, deadline).await {
+            Verdict::Delay => match hold(sh, request_id, service, deadline).await {
                 Ok(()) => continue,
                 Err(what) => break what.into(),
             },
@@ -86,8 +118,8 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
             Verdict::NoTarget => break "no target reachable".into(),
             Verdict::NoRoute => break "no route".into(),
         };
-        match attempt(&sh, target, service, deadline).await {
-            Ok(est) => return start(&sh, request_id, est, app_fd, greeting),
+        match attempt(target).await {
+            Ok(found) => return Some(found),
             Err(reason) => {
                 Stats::bump(&sh.stats.failovers);
                 sh.emit(DpEvent::TargetFailed {
@@ -100,23 +132,28 @@ pub(crate) async fn run(sh: Arc<Shared>, req: ConnectReq) {
             }
         }
     };
-    drop(app_fd);
     Stats::bump(&sh.stats.connect_failures);
     sh.emit(DpEvent::ConnectFailed {
         request_id,
         reason: policy::connect_failure(&service.to_hex(), &what, &tried),
         tried,
     });
+    None
 }
 
-fn start(sh: &Arc<Shared>, request_id: u64, est: Established, app_fd: OwnedFd, greeting: Vec<u8>) {
+/// Counts an established flow and tells the control plane (`Connected`).
+pub(crate) fn opened(sh: &Shared, request_id: u64, flow_id: u64, target: SocketAddr) {
     Stats::bump(&sh.stats.flows_opened);
     Stats::bump(&sh.stats.flows_active);
     sh.emit(DpEvent::Connected {
         request_id,
-        flow_id: est.flow.local_flow(),
-        target: est.target,
+        flow_id,
+        target,
     });
+}
+
+fn start(sh: &Arc<Shared>, request_id: u64, est: Established, app_fd: OwnedFd, greeting: Vec<u8>) {
+    opened(sh, request_id, est.flow.local_flow(), est.target);
     let peer = Some(est.target);
     driver::spawn(
         sh.clone(),
@@ -210,7 +247,7 @@ async fn handshake(
 }
 
 /// Holds the set-up for the control plane's verdict (`settle_delay`).
-pub(crate) async fn hold(
+async fn hold(
     sh: &Shared,
     request_id: u64,
     service: ServiceId,

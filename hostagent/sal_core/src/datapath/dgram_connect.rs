@@ -16,16 +16,13 @@ use std::sync::Arc;
 
 use tokio::time::{sleep_until, Instant};
 
-use super::connect::{hold, ConnectReq};
+use super::connect::{opened, with_failover, ConnectReq};
 use super::dgram_flow::{self, register, send_frames, unregister, Rx};
-use super::events::Event as DpEvent;
 use super::policy;
 use super::shared::random_u64;
-use super::stats::Stats;
 use super::Dgram;
 use crate::flow::{Effect, Event, Flow};
 use crate::service_id::ServiceId;
-use crate::table::Verdict;
 use crate::wire;
 
 pub(crate) async fn run(dg: Arc<Dgram>, req: ConnectReq) {
@@ -37,62 +34,19 @@ pub(crate) async fn run(dg: Arc<Dgram>, req: ConnectReq) {
         ..
     } = req;
     let sh = dg.sh.clone();
-    let flow_key = random_u64();
-    let mut tried: Vec<(SocketAddr, String)> = Vec::new();
-    let mut exclude: Vec<SocketAddr> = Vec::new();
-    let what: String = loop {
-        if sh.stopping() {
-            break "the data path is shutting down".into();
+    let found = with_failover(&sh, request_id, service, deadline, &dg.local, |target| {
+        let dg = &dg;
+        async move {
+            attempt(dg, target, service, deadline)
+                .await
+                .map(|est| (est, target))
         }
-        if Instant::now() >= deadline {
-            break "no target reachable before the deadline".into();
-        }
-        let target = match sh.table.resolve(&service.bytes, flow_key, &exclude) {
-            Verdict::Forward(t) => t.addr,
-            Verdict::Demux(_) => match policy::loopback_endpoint(&dg.local) {
-                Some(me) if !exclude.contains(&me) => me,
-                _ => break "local listener unreachable".into(),
-            },
-            Verdict::Delay => match hold(&sh, request_id, service, deadline).await {
-                Ok(()) => continue,
-                Err(what) => break what.into(),
-            },
-            Verdict::Drop => break "dropped by a DROP rule".into(),
-            Verdict::NoTarget if tried.is_empty() => break "no eligible target".into(),
-            Verdict::NoTarget => break "no target reachable".into(),
-            Verdict::NoRoute => break "no route".into(),
-        };
-        match attempt(&dg, target, service, deadline).await {
-            Ok((flow, rx, via)) => {
-                Stats::bump(&sh.stats.flows_opened);
-                Stats::bump(&sh.stats.flows_active);
-                sh.emit(DpEvent::Connected {
-                    request_id,
-                    flow_id: flow.local_flow(),
-                    target,
-                });
-                dgram_flow::spawn(dg.clone(), flow, app_fd, rx, target, via, None);
-                return;
-            }
-            Err(reason) => {
-                Stats::bump(&sh.stats.failovers);
-                sh.emit(DpEvent::TargetFailed {
-                    request_id,
-                    target,
-                    reason: reason.clone(),
-                });
-                tried.push((target, reason));
-                exclude.push(target);
-            }
-        }
-    };
-    drop(app_fd);
-    Stats::bump(&sh.stats.connect_failures);
-    sh.emit(DpEvent::ConnectFailed {
-        request_id,
-        reason: policy::connect_failure(&service.to_hex(), &what, &tried),
-        tried,
-    });
+    })
+    .await;
+    if let Some(((flow, rx, via), target)) = found {
+        opened(&sh, request_id, flow.local_flow(), target);
+        dgram_flow::spawn(dg.clone(), flow, app_fd, rx, target, via, None);
+    }
 }
 
 /// One target: SYN (retransmitted) until SYN-ACK (established), RST, an
