@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use datapath_common::*;
 use sal_core::datapath::{Datapath, DatapathConfig, Event};
 use sal_core::flow::{self, Config, Effect, SynInfo};
-use sal_core::wire::{self, ctl, Ack, Control, Extensions, FrameType, Header, Mac, OwnedFrame};
+use sal_core::wire;
 
 fn dcfg(listen: &[&str]) -> DatapathConfig {
     let mut c = config();
@@ -288,35 +288,6 @@ fn removed_address_moves_the_flow_with_an_rsyn_and_messages_continue() {
         round_trip(&p, &[i; 100]);
     }
     assert!(stat(&p.a, "migrations") >= 1 && stat(&p.b, "migrations") >= 1);
-}
-
-fn forged_rsyn(dst: u64, src: u64) -> Vec<u8> {
-    let f = OwnedFrame {
-        header: Header {
-            frame_type: FrameType::Control,
-            flags: 0,
-            src_flow: src,
-            dst_flow: dst,
-        },
-        ext: Extensions {
-            control: Some(Control {
-                flags: ctl::RSYN,
-                seq: 1,
-                ack: 1,
-                nonce: 0,
-            }),
-            ack: Some(Ack { ack: 0, window: 0 }),
-            mac: Some(Mac {
-                counter: 1 << 40,
-                tag: [0x5a; 16],
-            }),
-            ..Default::default()
-        },
-        payload: Vec::new(),
-    };
-    let mut out = Vec::new();
-    wire::encode(&f.as_frame(), &mut out).unwrap();
-    out
 }
 
 #[test]

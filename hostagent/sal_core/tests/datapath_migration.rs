@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use datapath_common::*;
 use sal_core::datapath::{Datapath, DatapathConfig, Event};
-use sal_core::wire::{self, ctl, Ack, Control, Extensions, FrameType, Header, Mac, OwnedFrame};
 
 /// Bulk transfer both ways; `disturb` runs once `mark` bytes reached B.
 fn transfer_with(p: Pair, total: usize, mark: u64, disturb: impl FnOnce(&Pair)) -> Pair {
@@ -96,38 +95,6 @@ fn removed_local_address_moves_the_flow_to_another_one() {
         }
         _ => unreachable!(),
     }
-}
-
-fn forged_rsyn(dst: u64, src: u64) -> Vec<u8> {
-    let f = OwnedFrame {
-        header: Header {
-            frame_type: FrameType::Control,
-            flags: 0,
-            src_flow: src,
-            dst_flow: dst,
-        },
-        ext: Extensions {
-            control: Some(Control {
-                flags: ctl::RSYN,
-                seq: 1,
-                ack: 1,
-                nonce: 0,
-            }),
-            ack: Some(Ack {
-                ack: 0,
-                window: 1 << 20,
-            }),
-            mac: Some(Mac {
-                counter: 1 << 40,
-                tag: [0x5a; 16],
-            }),
-            ..Default::default()
-        },
-        payload: Vec::new(),
-    };
-    let mut out = Vec::new();
-    wire::encode(&f.as_frame(), &mut out).unwrap();
-    out
 }
 
 #[test]

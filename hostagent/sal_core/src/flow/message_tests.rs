@@ -2,139 +2,16 @@
 //! scripted transitions and a property test under loss, duplication,
 //! reordering, corruption, garbage, forged and replayed control frames.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::service_id::ServiceId;
 use crate::wire::{self, ctl, FrameType, Mac, RstReason};
 
-const SID: ServiceId = ServiceId {
-    bytes: [0x24; 32],
-    prefix_bits: 256,
-};
-const FLOW_A: u64 = 0xA5A5_0000_0000_0001;
-const FLOW_B: u64 = 0xB5B5_0000_0000_0002;
-const A: usize = 0;
-const B: usize = 1;
-
-#[derive(Default)]
-struct End {
-    flow: Option<Flow>,
-    inbox: VecDeque<Vec<u8>>,
-    got: Vec<Vec<u8>>,
-    sent: Vec<Vec<u8>>,
-    events: Vec<Event>,
-    frames_out: usize,
-    seen_control: Vec<Vec<u8>>,
-}
-
-struct Net {
-    ends: [End; 2],
-    now: u64,
-}
+use super::test_net::*;
 
 impl Net {
-    /// A has sent its SYN; B accepts the SYN at the front of its inbox.
-    fn new(cfg: Config) -> Self {
-        let mut n = Net {
-            ends: [End::default(), End::default()],
-            now: 0,
-        };
-        n.ends[A].flow = Some(Flow::connect(cfg, SID, FLOW_A, 11, 0));
-        n.collect(A);
-        let syn = n.ends[B].inbox.pop_front().expect("a SYN");
-        let frame = wire::decode_datagram(&syn).unwrap();
-        let info = SynInfo::parse(&frame).unwrap();
-        n.ends[B].flow = Some(accept(cfg, &info, FLOW_B, 22, 0));
-        n.collect(B);
-        n
-    }
-
-    fn established(cfg: Config) -> Self {
-        let mut n = Net::new(cfg);
-        n.settle();
-        assert_eq!(n.state(A), State::Established);
-        assert_eq!(n.state(B), State::Established);
-        n.ends[A].events.clear();
-        n.ends[B].events.clear();
-        n
-    }
-
-    fn f(&mut self, s: usize) -> &mut Flow {
-        self.ends[s].flow.as_mut().unwrap()
-    }
-
-    fn state(&self, s: usize) -> State {
-        self.ends[s]
-            .flow
-            .as_ref()
-            .map_or(State::Closed, Flow::state)
-    }
-
-    fn collect(&mut self, s: usize) {
-        let Some(flow) = self.ends[s].flow.as_mut() else {
-            return;
-        };
-        for e in flow.take_effects() {
-            match e {
-                Effect::Send(f) => {
-                    let mut v = Vec::new();
-                    wire::encode(&f.as_frame(), &mut v).unwrap();
-                    self.ends[s].frames_out += 1;
-                    self.ends[1 - s].inbox.push_back(v);
-                }
-                Effect::Deliver(m) => self.ends[s].got.push(m),
-                Effect::Event(e) => self.ends[s].events.push(e),
-            }
-        }
-    }
-
-    fn deliver_bytes(&mut self, s: usize, bytes: &[u8]) {
-        let Ok(frame) = wire::decode_datagram(bytes) else {
-            return;
-        };
-        let now = self.now;
-        if let Some(f) = self.ends[s].flow.as_mut() {
-            f.on_frame(&frame, now);
-            if frame.header.frame_type == FrameType::Control {
-                self.ends[s].seen_control.push(bytes.to_vec());
-            }
-        }
-        self.collect(s);
-    }
-
-    fn deliver(&mut self, s: usize) -> bool {
-        match self.ends[s].inbox.pop_front() {
-            Some(b) => {
-                self.deliver_bytes(s, &b);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn settle(&mut self) {
-        for _ in 0..10_000 {
-            if !self.deliver(A) && !self.deliver(B) {
-                return;
-            }
-        }
-        panic!("no quiescence");
-    }
-
-    fn tick(&mut self, dt: u64) {
-        self.now += dt;
-        let now = self.now;
-        for s in [A, B] {
-            if let Some(f) = self.ends[s].flow.as_mut() {
-                f.tick(now);
-            }
-            self.collect(s);
-        }
-    }
-
     fn send(&mut self, s: usize, m: &[u8]) -> Result<(), MessageError> {
         let now = self.now;
         let r = self.f(s).send_message(m, now);
@@ -145,17 +22,11 @@ impl Net {
         r
     }
 
-    fn input(&mut self, s: usize, op: impl FnOnce(&mut Flow, u64)) {
-        let now = self.now;
-        op(self.f(s), now);
-        self.collect(s);
-    }
-
     /// Every message delivered was sent by the other end, at most once.
-    fn check(&self) {
+    fn check_messages(&self) {
         for (s, r) in [(A, B), (B, A)] {
             let mut seen = HashSet::new();
-            for m in &self.ends[r].got {
+            for m in &self.ends[r].msgs {
                 assert!(
                     self.ends[s].sent.contains(m),
                     "delivered a message never sent"
@@ -190,8 +61,8 @@ fn set_up_then_one_frame_per_message_both_ways() {
         "one DATA frame per message"
     );
     n.settle();
-    assert_eq!(n.ends[B].got, n.ends[A].sent);
-    assert_eq!(n.ends[A].got, n.ends[B].sent);
+    assert_eq!(n.ends[B].msgs, n.ends[A].sent);
+    assert_eq!(n.ends[A].msgs, n.ends[B].sent);
     assert!(
         n.ends[A].inbox.is_empty() && n.ends[B].inbox.is_empty(),
         "no acks"
@@ -201,6 +72,7 @@ fn set_up_then_one_frame_per_message_both_ways() {
 #[test]
 fn send_errors_are_typed() {
     let mut n = Net::new(Config::message());
+    n.accept_next(Config::message());
     assert_eq!(n.send(A, b"x"), Err(MessageError::NotOpen), "before set-up");
     n.settle();
     assert_eq!(n.send(A, b""), Err(MessageError::Empty));
@@ -227,12 +99,12 @@ fn lost_messages_are_not_resent_and_late_ones_arrive_once_in_arrival_order() {
     let dup = n.ends[B].inbox[0].clone();
     n.ends[B].inbox.push_back(dup); // duplicated
     n.settle();
-    assert_eq!(n.ends[B].got, vec![msg(3, 10), msg(2, 10), msg(1, 10)]);
+    assert_eq!(n.ends[B].msgs, vec![msg(3, 10), msg(2, 10), msg(1, 10)]);
     assert_eq!(n.f(B).stats().duplicates, 1);
     let out = n.ends[A].frames_out;
     n.tick(60_000);
     n.settle();
-    assert_eq!(n.ends[B].got.len(), 3, "message 0 stays lost");
+    assert_eq!(n.ends[B].msgs.len(), 3, "message 0 stays lost");
     // Only keep-alive probes went out, no data.
     assert!(n.ends[A].frames_out - out <= 2);
 }
@@ -248,7 +120,7 @@ fn close_is_fin_and_the_peer_sees_its_end_at_once() {
     n.send(B, b"reply after EOF").unwrap();
     n.input(B, Flow::close);
     n.settle();
-    assert_eq!(n.ends[A].got, vec![b"reply after EOF".to_vec()]);
+    assert_eq!(n.ends[A].msgs, vec![b"reply after EOF".to_vec()]);
     assert!(n.ends[B].events.contains(&Event::Closed));
     assert_eq!(n.state(A), State::TimeWait);
     n.tick(Config::message().time_wait_ms);
@@ -265,7 +137,7 @@ fn rsyn_moves_the_peer_and_forged_ones_do_not() {
     assert!(n.ends[B].events.contains(&Event::MigrationDone));
     n.send(A, b"after").unwrap();
     n.settle();
-    assert_eq!(n.ends[B].got, vec![b"after".to_vec()]);
+    assert_eq!(n.ends[B].msgs, vec![b"after".to_vec()]);
     // A forged RSYN (random MAC) and a replayed one move nothing.
     let forged = forged_rsyn(FLOW_A, FLOW_B, 1 << 40, [9; 16]);
     let replay = n.ends[A].seen_control[0].clone();
@@ -375,7 +247,7 @@ fn snapshot(n: &Net, s: usize) -> (Snapshot, usize, usize) {
         .flow
         .as_ref()
         .map(|f| (f.state(), f.resync_state(), f.peer_flow()));
-    (f, n.ends[s].events.len(), n.ends[s].got.len())
+    (f, n.ends[s].events.len(), n.ends[s].msgs.len())
 }
 
 /// A forged, rewritten or replayed control frame moves nothing (a flow in
@@ -469,10 +341,11 @@ fn run(ops: &[Op]) {
         ..Config::message()
     };
     let mut n = Net::new(cfg);
+    n.accept_next(cfg);
     let mut id = 0;
     for op in ops {
         apply(&mut n, op, &mut id);
-        n.check();
+        n.check_messages();
     }
     // Heal: no faults; let retransmissions finish the set-up.
     for _ in 0..50 {
@@ -490,7 +363,7 @@ fn run(ops: &[Op]) {
         }
     }
     n.settle();
-    n.check();
+    n.check_messages();
     // Both open: a fresh message each way arrives exactly once.
     let open = |s: State| matches!(s, State::Established | State::CloseWait);
     let gone = |e: &End| e.events.iter().any(|ev| matches!(ev, Event::Reset { .. }));
@@ -499,9 +372,9 @@ fn run(ops: &[Op]) {
             n.send(s, &msg(u32::MAX - s as u32, 5)).unwrap();
         }
         n.settle();
-        n.check();
-        assert_eq!(n.ends[B].got.last(), Some(&msg(u32::MAX, 5)));
-        assert_eq!(n.ends[A].got.last(), Some(&msg(u32::MAX - 1, 5)));
+        n.check_messages();
+        assert_eq!(n.ends[B].msgs.last(), Some(&msg(u32::MAX, 5)));
+        assert_eq!(n.ends[A].msgs.last(), Some(&msg(u32::MAX - 1, 5)));
     }
 }
 

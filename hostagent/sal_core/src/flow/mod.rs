@@ -26,6 +26,8 @@ mod message;
 #[cfg(test)]
 mod message_tests;
 #[cfg(test)]
+mod test_net;
+#[cfg(test)]
 mod tests;
 
 pub use auth::{Direction, FlowKey};

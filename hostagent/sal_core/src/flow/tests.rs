@@ -1,169 +1,20 @@
 //! Flow tests: scripted transitions between two connected machines and
 //! property tests over random interleavings of faults.
 
-use std::collections::VecDeque;
-
 use proptest::prelude::*;
 
 use super::*;
-use crate::service_id::ServiceId;
 use crate::wire::{self, ctl, FrameType, Mac, RstReason};
 
-const SID: ServiceId = ServiceId {
-    bytes: [0x42; 32],
-    prefix_bits: 256,
-};
-const FLOW_A: u64 = 0xA1A1_A1A1_A1A1_A1A1;
-const FLOW_B: u64 = 0xB2B2_B2B2_B2B2_B2B2;
-const NONCE_A: u64 = 0x1111_2222_3333_4444;
-const NONCE_B: u64 = 0x5555_6666_7777_8888;
-
-/// One end of the simulated network: its flow and what it produced.
-#[derive(Default)]
-struct End {
-    flow: Option<Flow>,
-    inbox: VecDeque<Vec<u8>>,
-    got: Vec<u8>,
-    written: Vec<u8>,
-    events: Vec<Event>,
-    /// Control frames this end already processed (for replays).
-    seen_control: Vec<Vec<u8>>,
-}
-
-/// Two flows joined by two frame queues (frames travel encoded).
-struct Net {
-    ends: [End; 2],
-    now: u64,
-    /// Datagram network: frames may be lost, duplicated, reordered. When
-    /// false (byte stream), an undecodable frame breaks the connection.
-    lossy: bool,
-}
-
-const A: usize = 0;
-const B: usize = 1;
+use super::test_net::*;
 
 impl Net {
-    fn new(cfg: Config) -> Self {
-        let mut n = Net {
-            ends: [End::default(), End::default()],
-            now: 0,
-            lossy: cfg.data_retransmit,
-        };
-        n.ends[A].flow = Some(Flow::connect(cfg, SID, FLOW_A, NONCE_A, 0));
-        n.ends[B].flow = None;
-        n.collect(A);
-        n
-    }
-
-    /// Connected pair, both ESTABLISHED, queues empty.
-    fn established(cfg: Config) -> Self {
-        let mut n = Net::new(cfg);
-        n.accept_next(cfg);
-        n.settle();
-        assert_eq!(n.state(A), State::Established);
-        assert_eq!(n.state(B), State::Established);
-        n.ends[A].events.clear();
-        n.ends[B].events.clear();
-        n
-    }
-
-    fn f(&mut self, side: usize) -> &mut Flow {
-        self.ends[side].flow.as_mut().expect("flow exists")
-    }
-
-    fn state(&self, side: usize) -> State {
-        self.ends[side]
-            .flow
-            .as_ref()
-            .map_or(State::Closed, Flow::state)
-    }
-
-    /// Moves `side`'s effects: frames to the other end's inbox.
-    fn collect(&mut self, side: usize) {
-        let Some(flow) = self.ends[side].flow.as_mut() else {
-            return;
-        };
-        for e in flow.take_effects() {
-            match e {
-                Effect::Send(frame) => {
-                    let mut v = Vec::new();
-                    wire::encode(&frame.as_frame(), &mut v).expect("flow frames encode");
-                    self.ends[1 - side].inbox.push_back(v);
-                }
-                Effect::Deliver(bytes) => self.ends[side].got.extend_from_slice(&bytes),
-                Effect::Event(ev) => self.ends[side].events.push(ev),
-            }
-        }
-    }
-
-    /// B accepts the SYN at the front of its inbox.
-    fn accept_next(&mut self, cfg: Config) {
-        let bytes = self.ends[B].inbox.pop_front().expect("a SYN");
-        let frame = wire::decode_datagram(&bytes).unwrap();
-        let syn = SynInfo::parse(&frame).expect("a SYN");
-        self.ends[B].flow = Some(accept(cfg, &syn, FLOW_B, NONCE_B, self.now));
-        self.collect(B);
-    }
-
-    /// Delivers raw bytes to `side` (decode errors drop them).
-    fn deliver_bytes(&mut self, side: usize, bytes: &[u8]) {
-        let Ok(frame) = wire::decode_datagram(bytes) else {
-            return;
-        };
-        let now = self.now;
-        if let Some(flow) = self.ends[side].flow.as_mut() {
-            flow.on_frame(&frame, now);
-            if frame.header.frame_type == FrameType::Control {
-                self.ends[side].seen_control.push(bytes.to_vec());
-            }
-        }
-        self.collect(side);
-    }
-
-    /// Delivers the next frame queued for `side`.
-    fn deliver(&mut self, side: usize) -> bool {
-        match self.ends[side].inbox.pop_front() {
-            Some(bytes) => {
-                self.deliver_bytes(side, &bytes);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Delivers until both inboxes are empty (bounded).
-    fn settle(&mut self) {
-        for _ in 0..10_000 {
-            if !self.deliver(A) && !self.deliver(B) {
-                return;
-            }
-        }
-        panic!("no quiescence");
-    }
-
-    fn tick(&mut self, dt: u64) {
-        self.now += dt;
-        let now = self.now;
-        for side in [A, B] {
-            if let Some(f) = self.ends[side].flow.as_mut() {
-                f.tick(now);
-            }
-            self.collect(side);
-        }
-    }
-
     fn write(&mut self, side: usize, data: &[u8]) -> usize {
         let now = self.now;
         let n = self.f(side).write(data, now);
         self.ends[side].written.extend_from_slice(&data[..n]);
         self.collect(side);
         n
-    }
-
-    fn input(&mut self, side: usize, op: impl FnOnce(&mut Flow, u64)) {
-        let now = self.now;
-        op(self.f(side), now);
-        self.collect(side);
     }
 
     /// The connection under the flow breaks: frames in flight are lost.

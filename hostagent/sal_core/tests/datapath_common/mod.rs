@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sal_core::datapath::{Datapath, DatapathConfig, Event};
 use sal_core::service_id::{service_id, ServiceId};
 use sal_core::table::{Rule, ServicePrefix, TableConfig, Target};
+use sal_core::wire::{self, ctl, Ack, Control, Extensions, FrameType, Header, Mac, OwnedFrame};
 use sha2::{Digest, Sha256};
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -210,4 +211,38 @@ pub fn stat(dp: &Datapath, name: &str) -> u64 {
         .find(|(n, _)| *n == name)
         .map(|(_, v)| v)
         .unwrap()
+}
+
+/// An RSYN from `src` to `dst` with a made-up MAC (what an attacker who
+/// knows both flow IDs can send).
+pub fn forged_rsyn(dst: u64, src: u64) -> Vec<u8> {
+    let f = OwnedFrame {
+        header: Header {
+            frame_type: FrameType::Control,
+            flags: 0,
+            src_flow: src,
+            dst_flow: dst,
+        },
+        ext: Extensions {
+            control: Some(Control {
+                flags: ctl::RSYN,
+                seq: 1,
+                ack: 1,
+                nonce: 0,
+            }),
+            ack: Some(Ack {
+                ack: 0,
+                window: 1 << 20,
+            }),
+            mac: Some(Mac {
+                counter: 1 << 40,
+                tag: [0x5a; 16],
+            }),
+            ..Default::default()
+        },
+        payload: Vec::new(),
+    };
+    let mut out = Vec::new();
+    wire::encode(&f.as_frame(), &mut out).unwrap();
+    out
 }
