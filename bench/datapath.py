@@ -53,6 +53,8 @@ TOPOLOGY = {"hosts": {"etcd": ["lan"], "registry": ["lan"], "client": ["lan"], "
 IPERF_PORT = 5201  # iperf3 server (server host, all addresses) and the client agent's upstream port
 HAPROXY_CLIENT_PORT = 5202  # haproxy in `client`, 127.0.0.1
 HAPROXY_SERVER_PORT = 5203  # haproxy in `server`, its lan address
+SPLICE_CLIENT_PORT = 5204  # haproxy with splice in `client`, 127.0.0.1
+SPLICE_SERVER_PORT = 5205  # haproxy with splice in `server`, its lan address
 TCP_SERVER_PORT = 9100  # the plain TCP server of the set-up baseline
 METRICS_PORT = 9464  # both agents' Prometheus endpoint (127.0.0.1 inside their host)
 IPERF_NAME = "iperf.bench"
@@ -209,13 +211,16 @@ class Bench:
         self.app("client", "connect", "--name", IPERF_NAME, "--socket", self.socket("client"), "--count", "0",
                  "--wait", "30", "--connect-only", timeout=60)  # fmt: skip
         iperf_pid = _pid(iperf)
-        client_ha, server_ha = self.start_haproxies()
+        client_ha, server_ha = self.start_haproxies(HAPROXY_CLIENT_PORT, HAPROXY_SERVER_PORT, splice=False)
+        client_sp, server_sp = self.start_haproxies(SPLICE_CLIENT_PORT, SPLICE_SERVER_PORT, splice=True)
         paths: dict[str, tuple[str, int, dict[str, list[int]]]] = {
             "direct": (self.server_ip, IPERF_PORT, {}),
             "serval": ("127.0.0.1", IPERF_PORT, {"client_relay": [self.pid("client")],
                                                  "server_relay": [self.pid("server")]}),
             "haproxy": ("127.0.0.1", HAPROXY_CLIENT_PORT, {"client_relay": [_pid(client_ha)],
                                                           "server_relay": [_pid(server_ha)]}),
+            "haproxy_splice": ("127.0.0.1", SPLICE_CLIENT_PORT, {"client_relay": [_pid(client_sp)],
+                                                                "server_relay": [_pid(server_sp)]}),
         }  # fmt: skip
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
         try:
@@ -224,24 +229,26 @@ class Bench:
                     progress(f"throughput: {name}, iperf3 -t {s.iperf_seconds}, round {round_ + 1}")
                     runs[name].append(self.iperf(ip, port, {**relays, "iperf3_server": [iperf_pid]}))
         finally:
-            client_ha.stop()
-            server_ha.stop()
-            iperf.stop()
+            for child in (client_ha, server_ha, client_sp, server_sp, iperf):
+                child.stop()
         results: dict[str, Any] = {name: combine_runs(r) for name, r in runs.items()}
         results["nproc"] = machine_info()["nproc"]
         return results
 
-    def start_haproxies(self) -> tuple[ChildProcess, ChildProcess]:
-        """haproxy (TCP mode) in `client` on 127.0.0.1 -> haproxy in `server` on its lan address -> iperf3."""
+    def start_haproxies(
+        self, client_port: int, server_port: int, splice: bool
+    ) -> tuple[ChildProcess, ChildProcess]:
+        """haproxy (TCP mode) in `client` on 127.0.0.1:`client_port` -> haproxy in `server` on its lan
+        address:`server_port` -> iperf3; `splice` lets both relay with splice(2) (kernel zero-copy)."""
         hops = {
-            "client": (f"127.0.0.1:{HAPROXY_CLIENT_PORT}", f"{self.server_ip}:{HAPROXY_SERVER_PORT}"),
-            "server": (f"{self.server_ip}:{HAPROXY_SERVER_PORT}", f"127.0.0.1:{IPERF_PORT}"),
+            "client": (f"127.0.0.1:{client_port}", f"{self.server_ip}:{server_port}"),
+            "server": (f"{self.server_ip}:{server_port}", f"127.0.0.1:{IPERF_PORT}"),
         }
         children = []
         for host in ("server", "client"):
             bind, target = hops[host]
-            cfg = self.run_dir / f"haproxy-{host}.cfg"
-            cfg.write_text(haproxy_config(bind, target))
+            cfg = self.run_dir / f"haproxy-{host}{'-splice' if splice else ''}.cfg"
+            cfg.write_text(haproxy_config(bind, target, splice))
             child = self.lab.spawn(host, ["haproxy", "-db", "-f", str(cfg)], name="haproxy")
             self.wait_listening(host, int(bind.rpartition(":")[2]), child)
             children.append(child)
@@ -445,14 +452,14 @@ def run_all(settings: Settings, run_dir: Path, phases: tuple[str, ...] = PHASES)
     return results
 
 
-def haproxy_config(bind: str, target: str) -> str:
-    """A TCP-mode haproxy forwarding every connection on `bind` to `target` (no checks, no logs)."""
+def haproxy_config(bind: str, target: str, splice: bool = False) -> str:
+    """A TCP-mode haproxy forwarding every connection on `bind` to `target` (no checks, no logs);
+    with `splice`, it moves the bytes with splice(2) in both directions (``option splice-auto``)."""
     return (
         "global\n"
         "    maxconn 4096\n"
         "defaults\n"
-        "    mode tcp\n"
-        "    timeout connect 5s\n"
+        "    mode tcp\n" + ("    option splice-auto\n" if splice else "") + "    timeout connect 5s\n"
         "    timeout client 120s\n"
         "    timeout server 120s\n"
         "listen relay\n"

@@ -126,6 +126,20 @@ def test_haproxy_config_relays_bind_to_target_in_tcp_mode() -> None:
     assert "mode tcp" in cfg
     assert "bind 127.0.0.1:5202" in cfg
     assert "server next 10.77.1.4:5203" in cfg
+    assert "splice" not in cfg
+
+
+def test_haproxy_splice_config_asks_for_splice_in_both_directions() -> None:
+    assert "option splice-auto" in haproxy_config("127.0.0.1:5204", "10.77.1.4:5205", splice=True)
+
+
+def test_the_splice_chain_is_reported_as_context_beside_direct() -> None:
+    results = sample_results(6.0, 150.0, 60.0)
+    results["throughput"]["haproxy_splice"] = results["throughput"]["haproxy"] | {"gbit_s": 5.0}
+    rows = {r.metric: r for r in summary_rows(results)}
+    row = rows["throughput ratio haproxy splice chain / direct (context)"]
+    assert row.value == "0.50" and not row.target
+    assert "relaying with splice" in render(results)
 
 
 def sample_results(serval_gbit: float, recovery_ms: float, rss_mb: float) -> dict[str, Any]:
