@@ -78,7 +78,9 @@ class EchoRegistry:
         self._queues.add(queue)
         acks = asyncio.create_task(self._drain(requests))
         try:
-            end = pb.WatchResponse(kind=pb.WatchResponse.SNAPSHOT_END, replica_id=REPLICA_ID)
+            end = pb.WatchResponse(
+                kind=pb.WatchResponse.SNAPSHOT_END, replica_id=REPLICA_ID, snapshot_start=True
+            )
             await context.write(end.SerializeToString())
             while True:
                 await context.write(await queue.get())

@@ -154,7 +154,9 @@ class Agent:
         for ip in sorted(self.poller.prime()):
             dp.address_added(ip)
         host = self._host_identity(self.poller.current)
-        self._reconciler = Reconciler(dp, self._desired, cfg.debounce)
+        self._reconciler = Reconciler(
+            dp, self._desired, cfg.debounce, ready=lambda: not self.mirror.in_snapshot
+        )
         self._control = Control(dp, self.session, self._reconciler, host, self.mirror.table.knows)
         self._pump = EventPump(dp, self._control)
         await self.host_record.publish(host)

@@ -27,14 +27,16 @@ class AgentMirror:
     def __init__(self, table: DesiredTable) -> None:
         self.table = table
         self.revision = 0
-        self._fresh_snapshot = True
+        # In the middle of a snapshot series: `table` is not a consistent view.
+        self.in_snapshot = False
 
     def apply(self, msg: pb.WatchResponse) -> None:
-        """Apply one watch message (SNAPSHOT series replace the content)."""
+        """Apply one watch message (a SNAPSHOT series replaces the content: its first message,
+        `snapshot_start`, drops everything held, even the parts of a series cut off earlier)."""
         if msg.kind in _SNAPSHOT_KINDS:
-            if self._fresh_snapshot:
+            if msg.snapshot_start:
                 self.table.clear()
-            self._fresh_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT_END
+            self.in_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT
             for inst in msg.instances:
                 self._put(inst)
         for d in msg.deltas:

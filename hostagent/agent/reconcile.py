@@ -8,6 +8,12 @@ computation), then computes the whole desired table, numbers it
 `resync()` forces the next pass to re-apply even unchanged content (after a
 data-path event overflow).
 
+`ready()` says whether the mirror is consistent. While it is not (in the
+middle of a snapshot series, which replaces the whole mirror) a pass is put
+off: the table in force stays, complete if stale, rather than a partial one
+whose missing services would refuse connects. The registry link asks for a
+pass when the series ends; waiters in `settled()` wait for that pass.
+
 `rule_count` is the number of rules of the table in force. The rules
 themselves are not kept: they may be a view of the agent's Rust mirror
 (`sal_core.desired.DesiredRules`), valid only until the mirror changes.
@@ -37,10 +43,18 @@ Compute = Callable[[], tuple[Sequence[Rule], int]]
 class Reconciler:
     """Applies `compute()` → ``(rules, registry revision)`` to `datapath`, debounced."""
 
-    def __init__(self, datapath: DatapathPort, compute: Compute, debounce: float = 0.05) -> None:
+    def __init__(
+        self,
+        datapath: DatapathPort,
+        compute: Compute,
+        debounce: float = 0.05,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.datapath = datapath
         self.compute = compute
         self.debounce = debounce
+        self.ready = ready
+        self.deferred = 0
         self.generations = Generations()
         self.applied_revision = 0
         self.applies = 0
@@ -94,6 +108,9 @@ class Reconciler:
             await self._wanted.wait()
             await asyncio.sleep(self.debounce)
             self._wanted.clear()
+            if not self.ready():
+                self.deferred += 1  # the end of the snapshot series asks again
+                continue
             self._started += 1
             started = self._started
             self.reconcile_now()

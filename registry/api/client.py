@@ -359,14 +359,16 @@ class Mirror:
 
     instances: dict[tuple[str, str], Instance] = field(default_factory=dict)
     revision: int = 0
-    _fresh_snapshot: bool = True
+    # In the middle of a snapshot series: `instances` is not a consistent view.
+    in_snapshot: bool = False
 
     def apply(self, msg: pb.WatchResponse) -> None:
-        """Apply one watch message (SNAPSHOT series replace the content)."""
+        """Apply one watch message (a SNAPSHOT series replaces the content: its first message,
+        `snapshot_start`, drops everything held, even the parts of a series cut off earlier)."""
         if msg.kind in (pb.WatchResponse.SNAPSHOT, pb.WatchResponse.SNAPSHOT_END):
-            if self._fresh_snapshot:
+            if msg.snapshot_start:
                 self.instances.clear()
-            self._fresh_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT_END
+            self.in_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT
             for i in msg.instances:
                 self.instances[(i.service, i.instance_id)] = convert.instance_from_wire(i)
         for d in msg.deltas:

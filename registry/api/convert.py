@@ -89,14 +89,16 @@ def deltas_message(deltas: Iterable[Delta], revision: int, replica_id: str) -> p
 
 
 def snapshot_message(
-    instances: Iterable[Instance], revision: int, replica_id: str, last: bool
+    instances: Iterable[Instance], revision: int, replica_id: str, last: bool, first: bool
 ) -> pb.WatchResponse:
+    """One part of a snapshot series: `first` starts it (`snapshot_start`), `last` ends it."""
     kind = pb.WatchResponse.SNAPSHOT_END if last else pb.WatchResponse.SNAPSHOT
     return pb.WatchResponse(
         kind=kind,
         instances=[instance_to_pb(i) for i in instances],
         revision=revision,
         replica_id=replica_id,
+        snapshot_start=first,
     )
 
 

@@ -250,12 +250,14 @@ class Hub:
     def _snapshot_chunks(self, instances: list[Instance], revision: int) -> Iterator[bytes]:
         """Encode lazily, one chunk per call, so a large snapshot does not stall the loop."""
         if not instances:
-            yield convert.snapshot_message((), revision, self.replica_id, last=True).SerializeToString()
+            yield convert.snapshot_message(
+                (), revision, self.replica_id, last=True, first=True
+            ).SerializeToString()
             return
         batches = [instances[i : i + self._chunk] for i in range(0, len(instances), self._chunk)]
         for n, part in enumerate(batches, 1):
             yield convert.snapshot_message(
-                part, revision, self.replica_id, n == len(batches)
+                part, revision, self.replica_id, last=n == len(batches), first=n == 1
             ).SerializeToString()
 
     def _close_slow(self, sub: Subscription) -> None:

@@ -76,6 +76,21 @@ async def test_debounced_run_coalesces_requests() -> None:
     assert len(dp.tables) == 1 and dp.rules == (RULE_A,)  # one pass saw only the last state
 
 
+async def test_a_pass_waits_for_the_end_of_a_snapshot_series() -> None:
+    dp, consistent = FakeDatapath(), [False]
+    rec = Reconciler(dp, lambda: ([RULE_A], 3), debounce=0.01, ready=lambda: consistent[-1])
+    task = asyncio.create_task(rec.run())
+    settled = asyncio.create_task(rec.settled())  # e.g. a listener opened mid-series
+    await asyncio.sleep(0.05)
+    assert dp.tables == [] and not settled.done() and rec.deferred == 1  # partial view: not applied
+    consistent.append(True)
+    rec.request()  # what the registry link does at SNAPSHOT_END
+    await asyncio.wait_for(settled, 5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [g for g, _ in dp.tables] == [1] and rec.applied_revision == 3
+
+
 def test_metrics_are_namespaced_and_read_at_scrape_time() -> None:
     dp = FakeDatapath()
     dp.counters.update(flows_active=2, bytes_in=10, migrations=1, failovers=3)

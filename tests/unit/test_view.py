@@ -104,6 +104,7 @@ async def test_new_subscriber_gets_snapshot_then_live_deltas() -> None:
         pb.WatchResponse.DELTAS,
     ]
     assert sum(len(m.instances) for m in kinds[:2]) == 3
+    assert [m.snapshot_start for m in kinds] == [True, False, False]
     assert kinds[1].revision == 1
     assert [(d.instance.service, d.revision) for d in kinds[2].deltas] == [("c", 2)]
 

@@ -766,7 +766,8 @@ class WatchResponse(_message.Message):
         KIND_UNSPECIFIED: WatchResponse._Kind.ValueType  # 0
         SNAPSHOT: WatchResponse._Kind.ValueType  # 1
         """Part of a snapshot: the subscriber must drop all state it held before
-        the first SNAPSHOT message of a series, then add these instances.
+        the first message of a series (`snapshot_start`), then add these
+        instances; it is consistent again after SNAPSHOT_END.
         """
         SNAPSHOT_END: WatchResponse._Kind.ValueType  # 2
         """Last part of a snapshot; `revision` is the snapshot's revision."""
@@ -781,7 +782,8 @@ class WatchResponse(_message.Message):
     KIND_UNSPECIFIED: WatchResponse.Kind.ValueType  # 0
     SNAPSHOT: WatchResponse.Kind.ValueType  # 1
     """Part of a snapshot: the subscriber must drop all state it held before
-    the first SNAPSHOT message of a series, then add these instances.
+    the first message of a series (`snapshot_start`), then add these
+    instances; it is consistent again after SNAPSHOT_END.
     """
     SNAPSHOT_END: WatchResponse.Kind.ValueType  # 2
     """Last part of a snapshot; `revision` is the snapshot's revision."""
@@ -797,11 +799,17 @@ class WatchResponse(_message.Message):
     DELTAS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     REPLICA_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_START_FIELD_NUMBER: _builtins.int
     kind: Global___WatchResponse.Kind.ValueType
     revision: _builtins.int
     """Everything up to this revision is included once this message is applied."""
     replica_id: _builtins.str
     """Replica that served the stream."""
+    snapshot_start: _builtins.bool
+    """SNAPSHOT / SNAPSHOT_END: this message starts a snapshot series. The
+    subscriber drops all state it held (including the parts of a series that
+    was cut off and restarted), then adds `instances`.
+    """
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]:
         """SNAPSHOT: instances to add. DELTAS: unused."""
@@ -816,10 +824,11 @@ class WatchResponse(_message.Message):
         deltas: _abc.Iterable[Global___InstanceDelta] | None = ...,
         revision: _builtins.int = ...,
         replica_id: _builtins.str = ...,
+        snapshot_start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "instances", b"instances", "kind", b"kind", "replica_id", b"replica_id", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "instances", b"instances", "kind", b"kind", "replica_id", b"replica_id", "revision", b"revision", "snapshot_start", b"snapshot_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
