@@ -225,6 +225,16 @@ class NetnsLab:
         iface = self.topology.interface(host, where)
         ip(ip_in(self.namespace(host), "link", "set", "dev", iface.name, "up" if up else "down"))
 
+    def block_at_switch(self, host: str, where: str, blocked: bool) -> None:
+        """Make the switch silently drop every frame to and from `host`'s interface `where` (or
+        forward them again): a path failure the host cannot see, its link and addresses stay up."""
+        iface = self.topology.interface(host, where)
+        port = self.names.switch_port(self.topology.interfaces.index(iface))
+        bridge = self.names.bridge([n.name for n in self.topology.networks].index(iface.network))
+        # Out of its bridge, the port (still up, so the host keeps its carrier) reaches nothing.
+        master = ["nomaster"] if blocked else ["master", bridge]
+        ip(ip_in(self.names.switch, "link", "set", "dev", port, *master))
+
     def add_address(self, host: str, where: str, address: str) -> None:
         """Add `address` (prefix length defaults to the network's) to `host`'s interface `where`."""
         iface, addr = self._address_on(host, where, address)

@@ -84,6 +84,7 @@ class AgentConfig:
     metrics_addr: str = "127.0.0.1"
     address_poll: float = 1.0
     lease_ttl: int = 10
+    path_timeout: float = 20.0  # seconds; a silent agent-to-agent connection counts as broken
     keepalive_interval: float = 2.0
     debounce: float = 0.05
     legacy: LegacyConfig = field(default_factory=LegacyConfig)
@@ -150,7 +151,8 @@ class Agent:
 
     async def _start(self) -> None:
         cfg = self.config
-        dp = self._datapath = self.datapath_factory(DatapathConfig(sal_listen=cfg.sal_listen))
+        dp_config = DatapathConfig(sal_listen=cfg.sal_listen, path_timeout_ms=round(cfg.path_timeout * 1000))
+        dp = self._datapath = self.datapath_factory(dp_config)
         for ip in sorted(self.poller.prime()):
             dp.address_added(ip)
         host = self._host_identity(self.poller.current)

@@ -89,6 +89,14 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--metrics-addr", default="127.0.0.1", help="Prometheus bind address")
     p.add_argument("--address-poll", type=float, default=1.0, help="seconds between address polls")
     p.add_argument("--lease-ttl", type=int, default=10, help="registry lease TTL in seconds")
+    p.add_argument(
+        "--path-timeout",
+        type=float,
+        default=20.0,
+        help="seconds without progress (unacknowledged data, unanswered keep-alives) after which a "
+        "connection to another agent counts as broken and its flows move to another path "
+        "(0: the kernel's defaults, minutes; default %(default)s)",
+    )
     legacy = p.add_argument_group("legacy access (Serval's translator; all off by default)")
     legacy.add_argument(
         "--socks-listen",
@@ -128,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         metrics_addr=args.metrics_addr,
         address_poll=args.address_poll,
         lease_ttl=args.lease_ttl,
+        path_timeout=max(args.path_timeout, 0.0),
         keepalive_interval=max(args.lease_ttl / 3, 0.5),
         legacy=LegacyConfig(
             socks_listen=args.socks_listen, upstreams=tuple(args.upstream), exposes=tuple(args.expose)

@@ -54,10 +54,12 @@ GAUGE_KEYS = ("flows_active", "dgram_flows_active")
 
 @dataclass(frozen=True)
 class DatapathConfig:
-    """What the data path needs to start: the SAL listen endpoints (port 0 = any) and its queue bound."""
+    """What the data path needs to start: the SAL listen endpoints (port 0 = any), its queue bound
+    and the path timeout (a silent agent-to-agent connection counts as broken; 0 = the kernel's)."""
 
     sal_listen: tuple[Endpoint, ...] = (("0.0.0.0", 0),)
     event_queue: int = 4096
+    path_timeout_ms: int = 20000
 
 
 class DatapathPort(Protocol):
@@ -145,7 +147,11 @@ def open_datapath(config: DatapathConfig) -> DatapathPort:
             f"the SAL data path ({DATAPATH_MODULE}) is not available in this build: {e}; "
             "rebuild the Rust extension (make dev) with the data path included"
         ) from e
-    native_config = module.DatapathConfig(sal_listen=tuple(config.sal_listen), event_queue=config.event_queue)
+    native_config = module.DatapathConfig(
+        sal_listen=tuple(config.sal_listen),
+        event_queue=config.event_queue,
+        path_timeout_ms=config.path_timeout_ms,
+    )
     port: DatapathPort = module.Datapath.start(native_config)
     return port
 

@@ -88,6 +88,7 @@ class DatapathRef:
         time_wait_ms: int = 2000,
         resync_timeout_ms: int = 60000,
         setup_timeout_ms: int = 3000,
+        path_timeout_ms: int = 20000,
         dgram_keepalive_ms: int = 15000,
         dgram_keepalive_interval_ms: int = 5000,
         dgram_keepalive_probes: int = 3,

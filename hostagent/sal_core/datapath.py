@@ -46,6 +46,7 @@ class DatapathConfig:
     time_wait_ms: int = 2000
     resync_timeout_ms: int = 60000  # how long a flow whose path broke may stay frozen
     setup_timeout_ms: int = 3000  # per target, within the connect deadline
+    path_timeout_ms: int = 20000  # a silent agent-to-agent connection counts as broken (0 = kernel's)
     dgram_keepalive_ms: int = 15000  # datagram flows: probe a peer silent this long (0 = off)
     dgram_keepalive_interval_ms: int = 5000  # between unanswered probes
     dgram_keepalive_probes: int = 3  # unanswered probes before the flow ends ("timeout")
@@ -173,6 +174,7 @@ class Datapath:
             time_wait_ms=config.time_wait_ms,
             resync_timeout_ms=config.resync_timeout_ms,
             setup_timeout_ms=config.setup_timeout_ms,
+            path_timeout_ms=config.path_timeout_ms,
             dgram_keepalive_ms=config.dgram_keepalive_ms,
             dgram_keepalive_interval_ms=config.dgram_keepalive_interval_ms,
             dgram_keepalive_probes=config.dgram_keepalive_probes,

@@ -35,6 +35,8 @@ TOPOLOGY = {
     }
 }
 METRICS_PORT = 9464  # each agent's Prometheus endpoint, on 127.0.0.1 of its host
+SAL_PORT = 7946  # each agent's SAL listener (the `serval agent` default)
+PATH_TIMEOUT_S = 3  # --path-timeout: a silent connection between agents counts as broken
 PROPAGATION_S = 1.5  # registry watch -> every agent's table, with margin
 
 
@@ -119,7 +121,11 @@ def cluster(netns_lab: MakeLab, tmp_path: Path) -> Iterator[Cluster]:
     registry = start_registry(lab, "registry", etcd)
     agents = {
         host: start_agent(
-            lab, host, registry, tmp_path / "agents", extra_args=["--metrics-port", str(METRICS_PORT)]
+            lab,
+            host,
+            registry,
+            tmp_path / "agents",
+            extra_args=["--metrics-port", str(METRICS_PORT), "--path-timeout", str(PATH_TIMEOUT_S)],
         )
         for host in ("server1", "server2", "client")
     }
@@ -193,6 +199,25 @@ def test_client_interface_down_during_a_transfer_moves_the_flow_to_the_other(clu
     assert transfer.poll() is None, "the transfer ended before the interface went down"
     cluster.lab.set_link("client", "eth0", up=False)
     result = cluster.finish(transfer)
+    assert result["tag"] == "s1"
+    assert result["server_sha256"] == result["sent_sha256"]
+
+
+def test_a_path_failing_inside_the_network_moves_the_flow_to_another_address(cluster: Cluster) -> None:
+    """The switch silently drops the server's interface that carries the flow. No host sees a
+    change (links and addresses stay up), so only the path timeout can tell: the connection
+    breaks within it and the flow resumes over the server's other address, intact (the kernel
+    alone would retransmit for ~15 minutes)."""
+    cluster.serve("server1", "pathfail.e2e", "s1")
+    cluster.wait_instances("pathfail.e2e", 1)
+    transfer = cluster.start_send("pathfail.e2e", 200 << 20, pace_ms=2)
+    time.sleep(2.0)
+    assert transfer.poll() is None, "the transfer ended before the path failed"
+    used = cluster.lab.run("server1", ["ss", "-Htn", "state", "established", f"( sport = :{SAL_PORT} )"])
+    local = {line.split()[-2].rpartition(":")[0] for line in used.stdout.splitlines() if line.strip()}
+    (iface,) = [i for i in ("lan", "lan2") if cluster.lab.address("server1", i) in local]
+    cluster.lab.block_at_switch("server1", iface, blocked=True)
+    result = cluster.finish(transfer, timeout=90)
     assert result["tag"] == "s1"
     assert result["server_sha256"] == result["sent_sha256"]
 

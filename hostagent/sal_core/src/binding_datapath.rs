@@ -119,6 +119,7 @@ impl DatapathRef {
     #[pyo3(signature = (sal_listen, *, worker_threads = 2, event_queue = 4096,
         delay_limit = 1024, send_buffer = None, recv_window = None,
         time_wait_ms = 2000, resync_timeout_ms = 60000, setup_timeout_ms = 3000,
+        path_timeout_ms = 20000,
         dgram_keepalive_ms = 15000, dgram_keepalive_interval_ms = 5000,
         dgram_keepalive_probes = 3, dgram_app_queue = 256))]
     #[allow(clippy::too_many_arguments)]
@@ -133,6 +134,7 @@ impl DatapathRef {
         time_wait_ms: u64,
         resync_timeout_ms: u64,
         setup_timeout_ms: u64,
+        path_timeout_ms: u64,
         dgram_keepalive_ms: u64,
         dgram_keepalive_interval_ms: u64,
         dgram_keepalive_probes: u32,
@@ -161,6 +163,7 @@ impl DatapathRef {
                 ..base.flow
             },
             setup_timeout_ms,
+            path_timeout_ms,
             dgram_flow: flow::Config {
                 time_wait_ms,
                 keepalive_idle_ms: dgram_keepalive_ms,

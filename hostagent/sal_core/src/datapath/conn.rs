@@ -68,11 +68,14 @@ pub(crate) struct Conn {
     writer: JoinHandle<()>,
 }
 
-/// Opens a TCP connection to `to` (source `from` if given) within `timeout`.
+/// Opens a TCP connection to `to` (source `from` if given) within `timeout`;
+/// the connection counts as broken after `path_timeout_ms` without progress
+/// ([`set_path_timeout`]).
 pub(crate) async fn connect(
     to: SocketAddr,
     from: Option<IpAddr>,
     timeout: Duration,
+    path_timeout_ms: u64,
 ) -> io::Result<TcpStream> {
     let sock = if to.is_ipv4() {
         TcpSocket::new_v4()?
@@ -86,7 +89,48 @@ pub(crate) async fn connect(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out"))??;
     s.set_nodelay(true)?;
+    set_path_timeout(&s, path_timeout_ms)?;
     Ok(s)
+}
+
+/// Makes a silent path fail within about `ms` instead of the kernel's
+/// defaults (15 minutes of retransmission for unacknowledged data, 2 hours
+/// before the first keep-alive probe of an idle connection): sent data
+/// unacknowledged for `ms` ends the connection (`TCP_USER_TIMEOUT`), and an
+/// idle connection is probed after `ms / 2`, then 3 times `ms / 6` apart
+/// (keep-alive). The connection then reports `Down` and its flow
+/// resynchronises over a new one (another address of the peer or of this
+/// host if the path is gone), or resets after `resync_timeout_ms`.
+/// `ms == 0` keeps the kernel's defaults.
+pub(crate) fn set_path_timeout(s: &impl AsRawFd, ms: u64) -> io::Result<()> {
+    if ms == 0 {
+        return Ok(());
+    }
+    let secs = |v: u64| i32::try_from((v / 1000).max(1)).unwrap_or(i32::MAX);
+    let user_timeout = i32::try_from(ms).unwrap_or(i32::MAX);
+    let opts = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(ms / 2)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(ms / 6)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout),
+    ];
+    for (level, name, value) in opts {
+        // SAFETY: a valid socket fd and a pointer to an int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Capacity of a buffer of packed control frames / data frame heads.
@@ -144,8 +188,8 @@ pub(crate) async fn redial(
     let timeout = Duration::from_millis(sh.cfg.reconnect_max_ms.max(500));
     for attempt in 0u32.. {
         let to = targets[attempt as usize % targets.len()];
-        let from = policy::choose_source(&lock(&sh.local_ips), to, None);
-        if let Ok(s) = connect(to, from, timeout).await {
+        let from = policy::choose_source(&lock(&sh.local_ips), to, kernel_source(to));
+        if let Ok(s) = connect(to, from, timeout, sh.cfg.path_timeout_ms).await {
             let _ = tx.send(FlowCmd::Reconnected(s));
             return;
         }
@@ -158,6 +202,19 @@ pub(crate) async fn redial(
         );
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
+}
+
+/// The source address the kernel's route lookup picks toward `dest` (a
+/// connected UDP socket: no packet is sent); `None` if there is no route.
+pub(crate) fn kernel_source(dest: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if dest.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(dest).ok()?;
+    Some(probe.local_addr().ok()?.ip())
 }
 
 /// Short text of a connection error, for `tried` lists and events.

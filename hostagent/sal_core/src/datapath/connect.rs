@@ -177,7 +177,7 @@ async fn attempt(
     let cap = Instant::now() + std::time::Duration::from_millis(sh.cfg.setup_timeout_ms);
     let until = deadline.min(cap);
     let left = until.saturating_duration_since(Instant::now());
-    let mut stream = conn::connect(target, None, left)
+    let mut stream = conn::connect(target, None, left, sh.cfg.path_timeout_ms)
         .await
         .map_err(|e| why(&e))?;
     let id = sh.new_flow_id();

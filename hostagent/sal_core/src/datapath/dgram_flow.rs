@@ -378,14 +378,7 @@ impl Driver {
         if !bound.is_unspecified() {
             return Some(bound);
         }
-        let any: SocketAddr = if self.dest.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let probe = std::net::UdpSocket::bind(any).ok()?;
-        probe.connect(self.dest).ok()?;
-        Some(probe.local_addr().ok()?.ip())
+        super::conn::kernel_source(self.dest)
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) async fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
 
 async fn incoming(sh: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let _ = super::conn::set_path_timeout(&stream, sh.cfg.path_timeout_ms);
     let mut buf = Vec::with_capacity(4096);
     let Ok(Some(used)) =
         tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_frame(&mut stream, &mut buf)).await
@@ -158,7 +159,7 @@ async fn on_syn(
 
 /// A connection to an exposed local server, as an owned fd.
 async fn exposed(addr: SocketAddr) -> Option<OwnedFd> {
-    let s = conn::connect(addr, None, EXPOSE_CONNECT_TIMEOUT)
+    let s = conn::connect(addr, None, EXPOSE_CONNECT_TIMEOUT, 0) // a local app, not a path
         .await
         .ok()?;
     Some(OwnedFd::from(s.into_std().ok()?))

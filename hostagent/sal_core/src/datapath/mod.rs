@@ -83,6 +83,11 @@ pub struct DatapathConfig {
     pub flow: flow::Config,
     /// Longest TCP connect + SYN handshake per target during set-up.
     pub setup_timeout_ms: u64,
+    /// A path (agent-to-agent TCP connection) that makes no progress this
+    /// long — sent data unacknowledged, or an idle peer silent to keep-alive
+    /// probes — counts as broken, and its flows resynchronise (see
+    /// `conn::set_path_timeout`); 0 = the kernel's defaults (minutes).
+    pub path_timeout_ms: u64,
     /// Reconnection backoff after a path loss: first / largest step.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -107,6 +112,7 @@ impl Default for DatapathConfig {
                 ..flow::Config::stream()
             },
             setup_timeout_ms: 3_000,
+            path_timeout_ms: 20_000,
             reconnect_initial_ms: 50,
             reconnect_max_ms: 1_000,
             acceptor_reconnect_wait_ms: 300,

@@ -86,20 +86,38 @@ pub fn backoff_ms(attempt: u32, initial_ms: u64, max_ms: u64, jitter: u64) -> u6
     full / 2 + jitter % (full / 2 + 1)
 }
 
-/// Source address for a new connection to `target`: a local address of the
-/// same family and scope (loopback for loopback targets) not in `avoid`;
-/// `None` lets the kernel choose (no such address known).
+/// Source address for a new connection to `target`, among the host's
+/// usable addresses `local` (removed ones are not in it): `kernel`, the
+/// address the kernel's route lookup chose for `target`, if it is usable;
+/// else the usable address of the same family and scope (loopback for
+/// loopback targets) sharing the longest prefix with `target` (on a
+/// multi-homed host, the one on the target's network, so that the answer
+/// comes back over the path the connection leaves by); `None` lets the
+/// kernel choose (no such address known).
 pub fn choose_source(
     local: &BTreeSet<IpAddr>,
     target: SocketAddr,
-    avoid: Option<IpAddr>,
+    kernel: Option<IpAddr>,
 ) -> Option<IpAddr> {
     let t = target.ip();
+    if let Some(k) = kernel.filter(|k| local.contains(k)) {
+        return Some(k);
+    }
     local
         .iter()
         .copied()
-        .filter(|ip| Some(*ip) != avoid && !ip.is_unspecified())
-        .find(|ip| ip.is_ipv4() == t.is_ipv4() && ip.is_loopback() == t.is_loopback())
+        .filter(|ip| !ip.is_unspecified())
+        .filter(|ip| ip.is_ipv4() == t.is_ipv4() && ip.is_loopback() == t.is_loopback())
+        .max_by_key(|ip| (common_prefix_bits(*ip, t), std::cmp::Reverse(*ip)))
+}
+
+/// Leading bits two addresses of the same family share (0 across families).
+fn common_prefix_bits(a: IpAddr, b: IpAddr) -> u32 {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+        _ => 0,
+    }
 }
 
 /// The SAL endpoints to advertise: each bound address, or for a wildcard
@@ -205,20 +223,28 @@ mod tests {
     }
 
     #[test]
-    fn source_matches_family_and_scope_and_avoids_removed() {
-        let local = ips(&["127.0.0.1", "127.0.0.2", "10.1.1.1", "::1"]);
+    fn source_matches_family_and_scope_and_the_targets_network() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = ips(&["127.0.0.1", "127.0.0.2", "10.1.1.1", "10.2.2.5", "::1"]);
         let lo = a("127.0.0.1:5");
+        assert_eq!(choose_source(&local, lo, None), Some(ip("127.0.0.1")));
+        // multi-homed: the address on the target's network, whatever their order
         assert_eq!(
-            choose_source(&local, lo, None),
-            Some("127.0.0.1".parse().unwrap())
+            choose_source(&local, a("10.2.2.3:5"), None),
+            Some(ip("10.2.2.5"))
         );
         assert_eq!(
-            choose_source(&local, lo, Some("127.0.0.1".parse().unwrap())),
-            Some("127.0.0.2".parse().unwrap())
+            choose_source(&local, a("10.1.1.9:5"), None),
+            Some(ip("10.1.1.1"))
+        );
+        // the kernel's route choice wins when usable, not when removed (not in `local`)
+        assert_eq!(
+            choose_source(&local, a("10.1.1.9:5"), Some(ip("10.2.2.5"))),
+            Some(ip("10.2.2.5"))
         );
         assert_eq!(
-            choose_source(&local, a("10.9.9.9:5"), None),
-            Some("10.1.1.1".parse().unwrap())
+            choose_source(&local, a("10.1.1.9:5"), Some(ip("10.3.3.3"))),
+            Some(ip("10.1.1.1"))
         );
         assert_eq!(choose_source(&local, a("[2001:db8::1]:5"), None), None);
         assert_eq!(choose_source(&BTreeSet::new(), lo, None), None);
