@@ -28,7 +28,7 @@ use super::forward::ForwardSet;
 use super::lpm::Lpm;
 use super::pages::HugeVec;
 use super::prefix::ServicePrefix;
-use super::rules::Rule;
+use super::rules::{PackedTarget, Rule};
 use super::version::{Action, Content, RuleEntry, Table};
 
 /// A whole desired table, as the control plane states it.
@@ -147,59 +147,44 @@ fn build_entry(
     unchanged: bool,
 ) -> Result<RuleEntry, TableError> {
     let hits = previous.map_or_else(Counter::default, |e| e.hits.carry());
-    let one = match &rule {
-        Rule::Forward(targets) => match targets.as_slice() {
-            [t] if t.weight > 0 => Some(*t),
-            _ => None,
-        },
-        _ => None,
-    };
     let action = match (rule, previous.map(|e| &e.action)) {
         (Rule::Forward(_), Some(Action::Forward(set))) if unchanged => {
             Action::Forward(Arc::clone(set))
         }
-        (Rule::Forward(_), _) if one.is_some() => {
-            let addr = one.map(|t| t.addr);
-            let chosen = forward_counters(previous)
-                .into_iter()
-                .find(|c| Some(c.0) == addr)
-                .map_or_else(Counter::default, |c| c.1);
-            Action::ForwardOne(chosen)
-        }
-        (Rule::Forward(targets), _) => {
-            let old_counters = forward_counters(previous);
-            let counter_of =
-                |addr: &SocketAddr| match old_counters.binary_search_by_key(addr, |c| c.0) {
-                    Ok(i) => old_counters[i].1.carry(),
-                    Err(_) => Counter::default(),
-                };
-            Action::Forward(Arc::new(ForwardSet::build(&prefix, targets, counter_of)?))
-        }
+        (Rule::Forward(targets), _) => match targets.as_slice() {
+            [one] if one.weight > 0 => {
+                let chosen = forward_counters(previous)
+                    .into_iter()
+                    .find(|c| c.0 == one.addr)
+                    .map_or_else(Counter::default, |c| c.1);
+                Action::ForwardOne(chosen, PackedTarget::new(*one))
+            }
+            _ => {
+                let old_counters = forward_counters(previous);
+                let counter_of =
+                    |addr: &SocketAddr| match old_counters.binary_search_by_key(addr, |c| c.0) {
+                        Ok(i) => old_counters[i].1.carry(),
+                        Err(_) => Counter::default(),
+                    };
+                Action::Forward(Arc::new(ForwardSet::build(&prefix, targets, counter_of)?))
+            }
+        },
         (Rule::Demux(listener), _) => Action::Demux(listener),
         (Rule::Delay, _) => Action::Delay,
         (Rule::Drop, _) => Action::Drop,
-    };
-    let single = match &action {
-        Action::Forward(set) => match set.best_tier() {
-            [only] => Some(only.target),
-            _ => None,
-        },
-        Action::ForwardOne(_) => one,
-        _ => None,
     };
     Ok(RuleEntry {
         prefix,
         action,
         hits,
-        single,
     })
 }
 
 /// `(address, counter)` of the targets of an old FORWARD entry, by address.
 fn forward_counters(previous: Option<&RuleEntry>) -> Vec<(SocketAddr, Counter)> {
-    let set = match previous.map(|e| (&e.action, e.single)) {
-        Some((Action::Forward(set), _)) => set,
-        Some((Action::ForwardOne(chosen), Some(t))) => return vec![(t.addr, chosen.carry())],
+    let set = match previous.map(|e| &e.action) {
+        Some(Action::Forward(set)) => set,
+        Some(Action::ForwardOne(chosen, one)) => return vec![(one.addr(), chosen.carry())],
         _ => return Vec::new(),
     };
     let mut counters: Vec<_> = set

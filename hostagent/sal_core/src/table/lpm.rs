@@ -42,9 +42,10 @@
 //! remainder under N (usually 0–1), each expected O(1) at load ≤ ⅞; no locks,
 //! no allocation (`batch`: the same lookup over many IDs with their cache
 //! misses overlapped). `find_exact`: one probe. Build: O(n) expected, plus one
-//! bounded lookup per marker. Space: 50 bytes (48-byte entry + 2-byte tag)
-//! × the next power of two ≥ 8/7 × (entries + markers), i.e. 57–115 bytes
-//! per prefix, plus 514 bytes.
+//! bounded lookup per marker. Space: 42 bytes (40-byte entry + 2-byte tag)
+//! × the next power of two ≥ 8/7 × (entries + markers), i.e. 48–96 bytes
+//! per prefix, plus 514 bytes (it was 50 bytes, 57–115 per prefix, before
+//! the entry's values were packed: see `slots::Slot`).
 
 mod batch;
 
@@ -52,11 +53,9 @@ pub(crate) use batch::BATCH;
 
 use super::error::TableError;
 use super::prefix::ServicePrefix;
-use super::slots::Slots;
+use super::slots::{Slots, NO_RULE};
 use super::words::{masked, masked_level, significant_bits, words, Words};
 
-/// Rule index meaning "none".
-const NO_RULE: u32 = (1 << 26) - 1;
 /// Most rules the index can address.
 pub const MAX_RULES: usize = NO_RULE as usize;
 /// Levels: aligned lengths 32k for k in 1..=8 (k = 0 is the root).
@@ -109,7 +108,7 @@ impl Lpm {
     pub(crate) fn find_exact(&self, prefix: &ServicePrefix) -> Option<u32> {
         let rule = match prefix.len() {
             0 => self.root_rule,
-            len => self.slots.find(&words(prefix.bytes()), len)?.rule,
+            len => self.slots.find(&words(prefix.bytes()), len)?.rule(),
         };
         (rule != NO_RULE).then_some(rule)
     }
@@ -152,10 +151,10 @@ impl Lpm {
             (at2, len2, key2)
         };
         let node = self.slots.at(at);
-        if u32::from(node.len) != len || node.key != key {
+        if node.len() != len || node.key != key {
             return self.lookup_general(id, levels);
         }
-        self.under_node(id, len, node.best, node.sub)
+        self.under_node(id, len, node.best(), node.sub())
     }
 
     /// The answer given N (module doc): the longest remainder `base + r`
@@ -177,7 +176,7 @@ impl Lpm {
             let r = 31 - sub.leading_zeros();
             sub &= !(1 << r);
             if let Some(entry) = self.slots.find(id, base + r) {
-                return Some(entry.rule);
+                return Some(entry.rule());
             }
         }
         None
@@ -192,7 +191,7 @@ impl Lpm {
             let k = 15 - levels.leading_zeros();
             levels &= !(1 << k);
             if let Some(node) = self.slots.find(id, 32 * k) {
-                (best, sub, base) = (node.best, node.sub, 32 * k);
+                (best, sub, base) = (node.best(), node.sub(), 32 * k);
                 break;
             }
         }
@@ -213,22 +212,20 @@ impl Lpm {
         if len == 0 {
             self.root_rule = rule;
         } else if r == 0 {
-            let slot = self.slots.entry(&key, len, NO_RULE);
-            (slot.rule, slot.best) = (rule, rule);
+            self.slots.entry(&key, len).set_rule(rule);
             note_slack(slack, level, len - significant_bits(&key));
         } else {
-            let slot = self.slots.entry(&key, len, NO_RULE);
-            (slot.rule, slot.best) = (rule, rule);
+            self.slots.entry(&key, len).set_rule(rule);
             let parent = masked(&key, 32 * level);
             if level == 0 {
                 self.root_sub |= 1 << r;
                 return;
             }
-            let node = self.slots.entry(&parent, 32 * level, NO_RULE);
-            if node.sub == 0 && node.rule == NO_RULE {
+            let node = self.slots.entry(&parent, 32 * level);
+            if node.sub() == 0 && node.rule() == NO_RULE {
                 markers.push((32 * level, parent));
             }
-            node.sub |= 1 << r;
+            node.add_sub(r);
             note_slack(slack, level, 32 * level - significant_bits(&parent));
         }
     }
@@ -242,14 +239,14 @@ impl Lpm {
             if self
                 .slots
                 .find(&key, len)
-                .is_some_and(|s| s.rule != NO_RULE)
+                .is_some_and(|s| s.rule() != NO_RULE)
             {
                 continue; // a rule arrived after the marker was noted
             }
             let shorter =
                 self.candidates[significant_bits(&key) as usize] & ((1 << (len / 32)) - 1);
             let best = self.lookup_within(&key, shorter).unwrap_or(NO_RULE);
-            self.slots.entry(&key, len, NO_RULE).best = best;
+            self.slots.entry(&key, len).set_best(best);
         }
     }
 }

@@ -41,5 +41,5 @@ pub use handle::{ApplyOutcome, ApplySummary, ServiceTable};
 pub use lpm::MAX_RULES;
 pub use maglev::{flow_key_from_bytes, splitmix64, MAX_TARGETS};
 pub use prefix::{ServicePrefix, ID_BITS};
-pub use rules::{canonical_addr, Rule, RuleKind, Target};
+pub use rules::{canonical_addr, PackedTarget, Rule, RuleKind, Target};
 pub use version::{Action, RuleEntry, Table, Verdict, LOOKUP_BATCH};

@@ -14,7 +14,7 @@
 //! DEMUX, DELAY and DROP carry no targets; the type makes that impossible and
 //! [`Rule::from_parts`] refuses it with a typed error for loosely typed input.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::error::TableError;
 use super::prefix::ServicePrefix;
@@ -35,6 +35,78 @@ impl Target {
     /// A target with the given weight and tier.
     pub fn new(addr: SocketAddr, weight: u32, tier: u32) -> Self {
         Target { addr, weight, tier }
+    }
+}
+
+/// A [`Target`] packed for storage in a rule entry: 32 bytes instead of 40
+/// (a `SocketAddr` is 32 bytes, most of it padding and IPv6 flowinfo, which
+/// canonical targets never carry). Converts back to the equal `Target`:
+/// `PackedTarget::new(t).target() == t` for every canonical `t` (flowinfo 0).
+/// Its family byte leaves a niche, so an enum holding it needs no extra tag
+/// (see `Action::ForwardOne`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedTarget {
+    /// IPv6 octets, or IPv4 octets followed by zeros.
+    ip: [u8; 16],
+    /// IPv6 scope id (0 for IPv4).
+    scope_id: u32,
+    weight: u32,
+    tier: u32,
+    port: u16,
+    family: Family,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl PackedTarget {
+    /// Packs `t`; its IPv6 flowinfo is dropped (canonical targets have none).
+    pub fn new(t: Target) -> Self {
+        let mut ip = [0; 16];
+        let (family, scope_id) = match t.addr {
+            SocketAddr::V4(a) => {
+                ip[..4].copy_from_slice(&a.ip().octets());
+                (Family::V4, 0)
+            }
+            SocketAddr::V6(a) => {
+                ip = a.ip().octets();
+                (Family::V6, a.scope_id())
+            }
+        };
+        PackedTarget {
+            ip,
+            scope_id,
+            weight: t.weight,
+            tier: t.tier,
+            port: t.addr.port(),
+            family,
+        }
+    }
+
+    /// The address (IPv6 flowinfo 0).
+    #[inline]
+    pub fn addr(&self) -> SocketAddr {
+        match self.family {
+            Family::V4 => {
+                let [a, b, c, d, ..] = self.ip;
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), self.port))
+            }
+            Family::V6 => SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(self.ip),
+                self.port,
+                0,
+                self.scope_id,
+            )),
+        }
+    }
+
+    /// The target, unpacked.
+    #[inline]
+    pub fn target(&self) -> Target {
+        Target::new(self.addr(), self.weight, self.tier)
     }
 }
 
@@ -181,5 +253,30 @@ pub(crate) fn encode_addr(addr: &SocketAddr, out: &mut Vec<u8>) {
             out.extend_from_slice(&a.port().to_be_bytes());
             out.extend_from_slice(&a.scope_id().to_be_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_targets_round_trip_in_32_bytes() {
+        assert_eq!(std::mem::size_of::<PackedTarget>(), 32);
+        assert_eq!(std::mem::size_of::<Option<PackedTarget>>(), 32);
+        let v6 = SocketAddrV6::new("fe80::1".parse().unwrap(), 7946, 0, 3);
+        for (addr, weight, tier) in [
+            (SocketAddr::from(([10, 1, 2, 3], 7946)), 100, 0),
+            (SocketAddr::from(([0, 0, 0, 0], 0)), 0, u32::MAX),
+            (SocketAddr::V6(v6), u32::MAX, 5),
+            ("[::ffff:10.1.2.3]:1".parse().unwrap(), 1, 1),
+        ] {
+            let t = Target::new(addr, weight, tier);
+            assert_eq!(PackedTarget::new(t).target(), t);
+            assert_eq!(PackedTarget::new(t).addr(), addr);
+        }
+        let v4 = Target::new(SocketAddr::from(([10, 1, 2, 3], 1)), 1, 1);
+        let mapped = Target::new("[::ffff:10.1.2.3]:1".parse().unwrap(), 1, 1);
+        assert_ne!(PackedTarget::new(v4), PackedTarget::new(mapped));
     }
 }

@@ -20,29 +20,116 @@
 use super::pages::{Zeroable, ZeroedSlice};
 use super::words::{masked, Words};
 
-/// One entry, 48 bytes, kept in a dense array (no empty entries).
+/// Rule index meaning "none"; the largest index a [`Slot`] holds.
+pub(crate) const NO_RULE: u32 = (1 << 26) - 1;
+
+/// One entry, 40 bytes (it was 48), kept in a dense array (no empty
+/// entries): the key and four values packed in two words, read through the
+/// accessors below. The packing rests on two facts: a rule entry's best
+/// match is its own rule, so one 26-bit index is the `rule` of a rule entry
+/// and the `best` of a marker (flagged); and only aligned entries have
+/// remainders (`sub`), while only the others have a length that is not a
+/// multiple of 32.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 pub(crate) struct Slot {
-    /// The prefix, masked to `len` bits.
+    /// The prefix, masked to `len()` bits.
     pub(crate) key: Words,
-    /// Rule stored for exactly this prefix, or `NO_RULE` (a marker).
-    pub(crate) rule: u32,
-    /// Best matching rule of the key among prefixes of length ≤ `len`.
-    pub(crate) best: u32,
-    /// Aligned nodes: bit `r` (1..=31) set if a prefix of length `len + r`
-    /// extends this key. Zero for other entries.
-    pub(crate) sub: u32,
-    /// 1..=256 (`/0` is never stored: the index keeps the root apart).
-    pub(crate) len: u16,
+    /// Bits 0..26: the rule stored for exactly this prefix or, in a marker,
+    /// the best matching rule (`NO_RULE` if none); bit 26: marker (no rule
+    /// here); bits 27..31: `len / 32`.
+    head: u32,
+    /// Aligned entries (`len % 32 == 0`): `sub` (its bit 0 is never set).
+    /// Others: `(len % 32) << 1 | 1`.
+    tail: u32,
 }
 
-// SAFETY: integers only, and the derived default is all zeros.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Slot>() == 40);
+
+/// The marker flag in `Slot::head`.
+const MARKER: u32 = 1 << 26;
+/// Where `len / 32` starts in `Slot::head`.
+const LEVEL_SHIFT: u32 = 27;
+
+// SAFETY: integers only, and the derived default is all zeros (the spare
+// entry: length 0, which no key has).
 unsafe impl Zeroable for Slot {}
+
+impl Slot {
+    /// A marker of `(key, len)` with no best rule and no remainders.
+    fn new(key: Words, len: u32) -> Slot {
+        let r = len % 32;
+        Slot {
+            key,
+            head: NO_RULE | MARKER | (len / 32) << LEVEL_SHIFT,
+            tail: if r == 0 { 0 } else { r << 1 | 1 },
+        }
+    }
+
+    /// 1..=256 (`/0` is never stored: the index keeps the root apart); 0
+    /// for the all-zero spare entry.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> u32 {
+        let r = if self.tail & 1 != 0 {
+            self.tail >> 1
+        } else {
+            0
+        };
+        32 * (self.head >> LEVEL_SHIFT) + r
+    }
+
+    /// Rule stored for exactly this prefix, or `NO_RULE` (a marker).
+    #[inline(always)]
+    pub(crate) fn rule(&self) -> u32 {
+        if self.head & MARKER != 0 {
+            NO_RULE
+        } else {
+            self.head & NO_RULE
+        }
+    }
+
+    /// Best matching rule of the key among prefixes of length ≤ `len()`.
+    #[inline(always)]
+    pub(crate) fn best(&self) -> u32 {
+        self.head & NO_RULE
+    }
+
+    /// Aligned nodes: bit `r` (1..=31) set if a prefix of length `len + r`
+    /// extends this key. Zero for other entries.
+    #[inline(always)]
+    pub(crate) fn sub(&self) -> u32 {
+        if self.tail & 1 != 0 {
+            0
+        } else {
+            self.tail
+        }
+    }
+
+    /// Stores `rule` (< `NO_RULE`) for exactly this prefix; it is also the
+    /// best match. Keeps `sub`.
+    pub(crate) fn set_rule(&mut self, rule: u32) {
+        debug_assert!(rule < NO_RULE);
+        self.head = self.head & !(NO_RULE | MARKER) | rule;
+    }
+
+    /// Sets the best match of a marker.
+    pub(crate) fn set_best(&mut self, best: u32) {
+        debug_assert!(self.head & MARKER != 0 && best <= NO_RULE);
+        self.head = self.head & !NO_RULE | best;
+    }
+
+    /// Notes a prefix of length `len() + r` (r in 1..=31) under this aligned
+    /// entry.
+    pub(crate) fn add_sub(&mut self, r: u32) {
+        debug_assert!(self.tail & 1 == 0 && (1..32).contains(&r));
+        self.tail |= 1 << r;
+    }
+}
 
 /// An open-addressing table (linear probing, load ≤ ⅞) in two parallel
 /// arrays, as in SwissTable: 2-byte tags (a non-zero 16-bit fingerprint of
-/// the hash; 0 = empty) and the 48-byte entries at the same positions. A
+/// the hash; 0 = empty) and the 40-byte entries at the same positions. A
 /// probe scans tags (32 per cache line, 0.5 MiB per 256k slots, so they stay
 /// in cache) and reads an entry only when the fingerprint agrees — so a
 /// lookup usually reads one entry, and a failed probe none. `probe` checks
@@ -71,16 +158,16 @@ impl Slots {
         }
     }
 
-    /// The entry of `(key, len)`, inserted with `rule` and `best` = `no_rule`
-    /// and `sub` = 0 if absent. `len` must be 1..=256 and `key` masked; the
-    /// caller must not insert more entries than announced (the probe would
-    /// never end on a full table).
-    pub(crate) fn entry(&mut self, key: &Words, len: u32, no_rule: u32) -> &mut Slot {
+    /// The entry of `(key, len)`, inserted as a marker (`rule` and `best` =
+    /// `NO_RULE`, `sub` = 0) if absent. `len` must be 1..=256 and `key`
+    /// masked; the caller must not insert more entries than announced (the
+    /// probe would never end on a full table).
+    pub(crate) fn entry(&mut self, key: &Words, len: u32) -> &mut Slot {
         let h = hash(key, len);
         let mut i = self.home(h);
         while self.tags[i] != 0 {
             let e = &self.entries[i];
-            if self.tags[i] == fingerprint(h) && u32::from(e.len) == len && e.key == *key {
+            if self.tags[i] == fingerprint(h) && e.len() == len && e.key == *key {
                 return &mut self.entries[i];
             }
             i = (i + 1) & self.wrap;
@@ -89,20 +176,14 @@ impl Slots {
         if i < GROUP - 1 {
             self.tags[self.wrap + 1 + i] = fingerprint(h);
         }
-        self.entries[i] = Slot {
-            key: *key,
-            rule: no_rule,
-            best: no_rule,
-            sub: 0,
-            len: len as u16,
-        };
+        self.entries[i] = Slot::new(*key, len);
         &mut self.entries[i]
     }
 
     /// The position of the first entry along the probe chain of `(key,
     /// len)` whose fingerprint agrees — almost always the entry of `(key,
     /// len)` if stored — or the spare position (an all-zero entry
-    /// that matches no key, its `len` being 0) when the chain ends first.
+    /// that matches no key, its `len()` being 0) when the chain ends first.
     /// Reads tags only; the caller verifies the entry ([`Slots::at`]), and on
     /// a fingerprint-only match falls back to [`Slots::find`]. Expected O(1).
     #[inline(always)]
@@ -168,7 +249,7 @@ impl Slots {
                 return None;
             }
             let e = &self.entries[i];
-            if tag == fingerprint(h) && u32::from(e.len) == len && e.key == key {
+            if tag == fingerprint(h) && e.len() == len && e.key == key {
                 return Some(e);
             }
             i = (i + 1) & self.wrap;
@@ -261,14 +342,38 @@ mod tests {
     fn entries_are_found_by_full_key_and_length() {
         let mut t = Slots::with_room(3);
         let a = [7 << 60, 0, 0, 0]; // masked at 32 and 64 bits
-        t.entry(&a, 32, u32::MAX).rule = 1;
-        t.entry(&a, 64, u32::MAX).rule = 2;
-        t.entry(&a, 32, u32::MAX).sub = 4; // same entry again
-        assert_eq!(t.find(&a, 32).map(|s| (s.rule, s.sub)), Some((1, 4)));
-        assert_eq!(t.find(&a, 64).map(|s| s.rule), Some(2));
+        t.entry(&a, 32).set_rule(1);
+        t.entry(&a, 64).set_rule(2);
+        t.entry(&a, 32).add_sub(2); // same entry again
+        assert_eq!(t.find(&a, 32).map(|s| (s.rule(), s.sub())), Some((1, 4)));
+        assert_eq!(t.find(&a, 64).map(|s| s.rule()), Some(2));
         assert!(t.find(&a, 96).is_none());
         assert!(t.find(&[8 << 60, 0, 0, 0], 32).is_none());
         assert_eq!(t.probe(&[8 << 60, 0, 0, 0], 32), t.spare());
-        assert_eq!(t.at(t.probe(&a, 64)).rule, 2);
+        assert_eq!(t.at(t.probe(&a, 64)).rule(), 2);
+        assert_eq!(t.at(t.spare()).len(), 0);
+    }
+
+    #[test]
+    fn packed_entries_keep_every_length_rule_best_and_remainder() {
+        for len in 1..=256 {
+            let mut s = Slot::new([0; 4], len);
+            assert_eq!(
+                (s.len(), s.rule(), s.best(), s.sub()),
+                (len, NO_RULE, NO_RULE, 0)
+            );
+            s.set_best(NO_RULE - 1);
+            assert_eq!((s.rule(), s.best()), (NO_RULE, NO_RULE - 1));
+            if len % 32 == 0 {
+                s.add_sub(1);
+                s.add_sub(31);
+            }
+            s.set_rule(len * 1000);
+            let sub = if len % 32 == 0 { 1 << 1 | 1 << 31 } else { 0 };
+            assert_eq!(
+                (s.len(), s.rule(), s.best(), s.sub()),
+                (len, len * 1000, len * 1000, sub)
+            );
+        }
     }
 }

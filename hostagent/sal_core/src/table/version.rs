@@ -14,35 +14,40 @@ use super::forward::ForwardSet;
 use super::lpm::{Lpm, BATCH};
 use super::pages::HugeVec;
 use super::prefix::ServicePrefix;
-use super::rules::{Rule, RuleKind, Target};
+use super::rules::{PackedTarget, Rule, RuleKind, Target};
 use crate::service_id::ID_BYTES;
 
 /// IDs [`Table::lookup_batch`] resolves together (its group size); any
 /// batch length works, multiples of this waste nothing.
 pub const LOOKUP_BATCH: usize = BATCH;
 
-/// The built action of a rule.
+/// The built action of a rule: 40 bytes (the packed target's family byte
+/// doubles as the variant tag).
 pub enum Action {
     Forward(Arc<ForwardSet>),
     /// A FORWARD rule of exactly one target, eligible (weight > 0): the
     /// common case (one instance of a service), kept without a `ForwardSet`
-    /// (~160 bytes less per rule). The target is the entry's `single`; the
-    /// counter counts its choices.
-    ForwardOne(Counter),
+    /// (~160 bytes less per rule), so a choice reads this entry only. The
+    /// counter counts the target's choices.
+    ForwardOne(Counter, PackedTarget),
     Demux(u64),
     Delay,
     Drop,
 }
 
-/// One rule of a table version: its prefix, action and hit counter.
+/// One rule of a table version: its prefix, action and hit counter. 88
+/// bytes on 64-bit targets (34 prefix + 40 action + 8 hits, padded to 8;
+/// it was 104 with a separate `Option<Target>` copy of the single target).
 pub struct RuleEntry {
     pub(crate) prefix: ServicePrefix,
     pub(crate) action: Action,
     pub(crate) hits: Counter,
-    /// FORWARD whose best tier has exactly one eligible target: that target,
-    /// copied here so a choice without exclusions reads this entry only.
-    pub(crate) single: Option<Target>,
 }
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Action>() == 40);
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<RuleEntry>() == 88);
 
 /// The outcome of resolving a service ID (owned; no borrow of the table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +81,7 @@ impl RuleEntry {
     /// The kind of the rule.
     pub fn kind(&self) -> RuleKind {
         match self.action {
-            Action::Forward(_) | Action::ForwardOne(_) => RuleKind::Forward,
+            Action::Forward(_) | Action::ForwardOne(..) => RuleKind::Forward,
             Action::Demux(_) => RuleKind::Demux,
             Action::Delay => RuleKind::Delay,
             Action::Drop => RuleKind::Drop,
@@ -91,7 +96,7 @@ impl RuleEntry {
                 targets.sort_by_key(|t| t.addr);
                 Rule::Forward(targets)
             }
-            Action::ForwardOne(_) => Rule::Forward(self.single.into_iter().collect()),
+            Action::ForwardOne(_, one) => Rule::Forward(vec![one.target()]),
             Action::Demux(listener) => Rule::Demux(*listener),
             Action::Delay => Rule::Delay,
             Action::Drop => Rule::Drop,
@@ -110,8 +115,8 @@ impl RuleEntry {
                             .is_ok_and(|i| targets[i] == t.target)
                     })
             }
-            (Action::ForwardOne(_), Rule::Forward(targets)) => {
-                matches!(targets.as_slice(), [only] if Some(*only) == self.single)
+            (Action::ForwardOne(_, one), Rule::Forward(targets)) => {
+                matches!(targets.as_slice(), [only] if *only == one.target())
             }
             (Action::Demux(a), Rule::Demux(b)) => a == b,
             (Action::Delay, Rule::Delay) | (Action::Drop, Rule::Drop) => true,
@@ -123,8 +128,8 @@ impl RuleEntry {
     /// (pure: bumps no counter). See `forward` for the choice contract.
     #[inline]
     pub fn choose(&self, flow_key: u64, exclude: &[SocketAddr]) -> Verdict {
-        match self.single {
-            Some(target) if exclude.is_empty() => Verdict::Forward(target),
+        match &self.action {
+            Action::ForwardOne(_, one) if exclude.is_empty() => Verdict::Forward(one.target()),
             _ => self.choose_index(flow_key, exclude).0,
         }
     }
@@ -134,7 +139,7 @@ impl RuleEntry {
     pub fn all_targets(&self) -> Vec<Target> {
         match &self.action {
             Action::Forward(set) => set.best_tier().iter().map(|t| t.target).collect(),
-            Action::ForwardOne(_) => self.single.into_iter().collect(),
+            Action::ForwardOne(_, one) => vec![one.target()],
             _ => Vec::new(),
         }
     }
@@ -149,10 +154,14 @@ impl RuleEntry {
                 }
                 None => (Verdict::NoTarget, None),
             },
-            Action::ForwardOne(chosen) => match self.single {
-                Some(t) if !exclude.contains(&t.addr) => (Verdict::Forward(t), Some(chosen)),
-                _ => (Verdict::NoTarget, None),
-            },
+            Action::ForwardOne(chosen, one) => {
+                let t = one.target();
+                if exclude.contains(&t.addr) {
+                    (Verdict::NoTarget, None)
+                } else {
+                    (Verdict::Forward(t), Some(chosen))
+                }
+            }
             Action::Demux(listener) => (Verdict::Demux(*listener), None),
             Action::Delay => (Verdict::Delay, None),
             Action::Drop => (Verdict::Drop, None),
@@ -275,12 +284,10 @@ impl Table {
             hits: e.hits.get(),
             targets: match &e.action {
                 Action::Forward(set) => set.counts(),
-                Action::ForwardOne(chosen) => (e.single.iter())
-                    .map(|t| TargetCounts {
-                        addr: t.addr,
-                        chosen: chosen.get(),
-                    })
-                    .collect(),
+                Action::ForwardOne(chosen, one) => vec![TargetCounts {
+                    addr: one.addr(),
+                    chosen: chosen.get(),
+                }],
                 _ => Vec::new(),
             },
         });
@@ -313,7 +320,7 @@ impl Table {
                                     .map(|t| cells(&t.chosen))
                                     .sum::<usize>()
                         }
-                        Action::ForwardOne(chosen) => cells(chosen),
+                        Action::ForwardOne(chosen, _) => cells(chosen),
                         _ => 0,
                     }
             })

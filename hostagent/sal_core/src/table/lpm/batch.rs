@@ -98,10 +98,10 @@ impl Lpm {
             return self.under_node(id, 0, self.root_rule, self.root_sub);
         }
         let node = self.slots.at(at);
-        if u32::from(node.len) != 32 * k || node.key != masked_level(id, k) {
+        if node.len() != 32 * k || node.key != masked_level(id, k) {
             return self.lookup_general(id, levels);
         }
-        self.under_node(id, 32 * k, node.best, node.sub)
+        self.under_node(id, 32 * k, node.best(), node.sub())
     }
 }
 
