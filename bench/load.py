@@ -28,8 +28,8 @@ from bench.common import sample_instance, service_name
 from bench.workers import WorkerLink
 from registry.api import convert
 from registry.api.client import RegistrationStream, RegistryClient
+from registry.api.rpc import Transport
 from registry.api.v1 import registry_pb2 as pb
-from registry.api.v1 import registry_pb2_grpc as pb_grpc
 from registry.raft.keys import KeySchema
 from registry.raft.records import encode_instance
 
@@ -129,7 +129,7 @@ async def _registry_operations(job: LoadJob, worker: int) -> AsyncIterator[list[
         if streams:
             yield [_stream_op(streams[c], job, worker, c, lease) for c, lease in enumerate(leases)]
         else:
-            yield [_register_op(client.stub(), job, worker, c, lease) for c, lease in enumerate(leases)]
+            yield [_register_op(client.channel(), job, worker, c, lease) for c, lease in enumerate(leases)]
     finally:
         for stream in streams:
             await stream.close()
@@ -138,7 +138,7 @@ async def _registry_operations(job: LoadJob, worker: int) -> AsyncIterator[list[
         await client.close()
 
 
-def _register_op(stub: pb_grpc.RegistryStub, job: LoadJob, worker: int, loop: int, lease_id: int) -> Op:
+def _register_op(channel: Transport, job: LoadJob, worker: int, loop: int, lease_id: int) -> Op:
     """Register instance ``w{worker}-c{loop}-{n}`` of a service picked round-robin, on `lease_id`."""
     template = convert.instance_to_pb_input(sample_instance("x.bench", "x", SESSION_TTL))
 
@@ -147,7 +147,7 @@ def _register_op(stub: pb_grpc.RegistryStub, job: LoadJob, worker: int, loop: in
         req.instance.CopyFrom(template)
         req.instance.service = service_name((loop + n) % job.services, job.zone)
         req.instance.instance_id = f"w{worker}-c{loop}-{n}"
-        return await stub.Register(req, timeout=30)
+        return await channel.unary("Register", req, pb.RegisterResponse, 30)
 
     return op
 

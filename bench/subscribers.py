@@ -27,12 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-import grpc
-
 from bench.workers import WorkerLink, Workers
 from registry.api.client import RegistryClient
 from registry.api.v1 import registry_pb2 as pb
-from registry.api.v1 import registry_pb2_grpc as pb_grpc
 
 READY_TIMEOUT_S = 120.0  # every stream must be ready within this
 FINISH_GRACE_S = 10.0  # after "finish", how long a worker waits for missing deltas
@@ -60,26 +57,12 @@ class StreamReport:
     error: str = ""
 
 
-class OwnConnectionClient(RegistryClient):
-    """A `RegistryClient` whose channel gets its own TCP connection.
-
-    gRPC otherwise shares one connection among a process's channels to the
-    same target; separate connections are what separate agents would open.
-    """
-
-    def stub(self) -> pb_grpc.RegistryStub:
-        if self._stub is None:
-            options = [("grpc.use_local_subchannel_pool", 1)]
-            self._channel = grpc.aio.insecure_channel(self.target, options=options)
-            self._stub = pb_grpc.RegistryStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._stub
-
-
 class Stream:
     """One subscriber's watch stream and what it observed."""
 
     def __init__(self, target: str, subscriber_id: str, from_revision: int, id_prefix: str) -> None:
-        self.client = OwnConnectionClient([target], timeout=30)
+        # Each client's transport opens its own connection, as separate agents would.
+        self.client = RegistryClient([target], timeout=30)
         self.watch = self.client.watch(from_revision, subscriber_id=subscriber_id)
         self.id_prefix = id_prefix
         self.report = StreamReport(subscriber_id)

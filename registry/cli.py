@@ -20,11 +20,11 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from registry.api.client import Mirror, RegistryClient, keep_session_alive
+from registry.api.rpc import RpcError
 from registry.api.v1 import registry_pb2 as pb
 from registry.model import DEFAULT_TTL_SECONDS, DEFAULT_WEIGHT, Instance
 
@@ -202,10 +202,10 @@ async def cmd_register(args: argparse.Namespace) -> int:
     waiter = asyncio.create_task(_wait_for_signal())
     await asyncio.wait({keeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
     keeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+    with contextlib.suppress(asyncio.CancelledError, RpcError):
         await keeper
     if waiter.done():
-        with contextlib.suppress(grpc.aio.AioRpcError):
+        with contextlib.suppress(RpcError):
             await client.deregister(args.service, args.instance_id)
             print(f"deregistered {args.instance_id} of {args.service}", file=sys.stderr)
         return 0
@@ -361,8 +361,8 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(handler(args))
-    except grpc.aio.AioRpcError as e:
-        print(f"serval: {e.code().name}: {e.details()}", file=sys.stderr)
+    except RpcError as e:
+        print(f"serval: {e.code.name}: {e.details}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -62,6 +62,7 @@ from hostagent.agent.session import RegistrySession
 from hostagent.localproto import DEFAULT_SOCKET
 from hostagent.sal_core.desired import DesiredRules, DesiredTable
 from registry import __version__
+from registry.api import transport_grpclib
 from registry.api.client import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Agent:
         self.config = config
         self.datapath_factory = datapath_factory
         self.poller = AddressPoller(self._addresses_changed, config.address_poll, address_reader)
-        self.client = RegistryClient(list(config.registry))
+        # grpclib, not grpcio: ~10 MB less RSS; same failover and failure modes (`transport_grpclib`).
+        self.client = RegistryClient(list(config.registry), transport=transport_grpclib.dial)
         self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
         self.mirror = AgentMirror(DesiredTable(config.zone, config.region))
         self.link = RegistryLink(

@@ -8,9 +8,9 @@ everything again. Registrations use ``replace=True``: the instance ids are
 this agent's own (an agent restarting under the same id takes over the
 records its previous run left on a still-living lease).
 
-Failure modes: `put`/`remove` raise the registry's gRPC error after the
-client's failover retries; the caller decides (the local API reports it to
-the app). `run()` only returns by cancellation.
+Failure modes: `put`/`remove` raise the registry's error (`rpc.RpcError`, the
+same over either client transport) after the client's failover retries; the
+caller decides (the local API reports it to the app). `run()` only returns by cancellation.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import contextlib
 import logging
 from typing import Protocol
 
-import grpc
-
-from registry.api.client import RETRYABLE, RegistryClient, keep_session_alive
+from registry.api.client import RegistryClient, keep_session_alive
+from registry.api.rpc import RETRYABLE, RpcError, StatusCode
 from registry.model import Instance
 
 log = logging.getLogger(__name__)
@@ -75,8 +74,8 @@ class RegistrySession:
             self._registered.pop((service, instance_id), None)
             try:
                 return await self.client.deregister(service, instance_id)
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.NOT_FOUND:
+            except RpcError as e:
+                if e.code != StatusCode.NOT_FOUND:
                     raise
                 return 0
 
@@ -96,14 +95,14 @@ class RegistrySession:
                     renew = False
                 await keep_session_alive(self.client, self.lease_id, self.keepalive_interval)
                 delay = MIN_RETRY_DELAY
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND and not renew:
+            except RpcError as e:
+                if e.code == StatusCode.NOT_FOUND and not renew:
                     log.warning("registry lease %x expired: registering everything again", self.lease_id)
                     renew = True
                     continue
-                if e.code() not in RETRYABLE:
+                if e.code not in RETRYABLE:
                     raise
-                log.warning("registry unreachable (%s) for lease %x; retrying", e.code().name, self.lease_id)
+                log.warning("registry unreachable (%s) for lease %x; retrying", e.code.name, self.lease_id)
                 await self.client.failover()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
@@ -120,6 +119,6 @@ class RegistrySession:
         async with self._lock:
             self._registered.clear()
             if self.lease_id:
-                with contextlib.suppress(grpc.aio.AioRpcError):
+                with contextlib.suppress(RpcError):
                     await self.client.close_session(self.lease_id)
                 self.lease_id = 0

@@ -1,14 +1,19 @@
 """Python client of the registry API, with failover between replicas.
 
-Used by the CLI, the tests, the benchmark and (later) the host agent and DNS
-bridge. Replicas are interchangeable, so on UNAVAILABLE (or a dead
-connection) a call moves to the next target and is retried; every retried
-call is idempotent or safe to repeat (a retried `register` on lease 0 may
-leave an unused lease that expires by its TTL).
+Used by the CLI, the tests, the benchmark and the host agent. Replicas are
+interchangeable, so on UNAVAILABLE (or a dead connection) a call moves to the
+next target and is retried; every retried call is idempotent or safe to
+repeat (a retried `register` on lease 0 may leave an unused lease that
+expires by its TTL).
 
 `watch()` follows the registry's push stream across replicas: it resumes from
 the last revision it applied, on whichever replica answers, and falls back to
 a fresh snapshot only when it was cut off in the middle of one.
+
+The gRPC library is behind one seam, `rpc.Transport` (one connection to one
+replica): grpcio by default (`transport_grpcio`, imported on first use), or
+grpclib (`transport_grpclib`, what the host agent passes: no grpcio in its
+process). This module's logic is the same over both; errors are `rpc.RpcError`.
 """
 
 from __future__ import annotations
@@ -20,45 +25,59 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import grpc
+from google.protobuf.message import Message
 
 from registry.api import convert
+from registry.api.rpc import RETRYABLE, Call, ChannelClosed, Dial, RpcError, StatusCode, Transport
 from registry.api.v1 import registry_pb2 as pb
-from registry.api.v1 import registry_pb2_grpc as pb_grpc
 from registry.model import Instance
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+def dial_grpcio(target: str) -> Transport:
+    """The default `Dial`: grpcio, imported here so that clients on another transport never load it."""
+    from registry.api import transport_grpcio
+
+    return transport_grpcio.dial(target)
 
 
 class RegistryClient:
-    """Calls one replica at a time out of `targets` ("host:port"), failing over on UNAVAILABLE."""
+    """Calls one replica at a time out of `targets` ("host:port"), failing over on UNAVAILABLE.
 
-    def __init__(self, targets: Sequence[str], *, timeout: float = 5.0, attempts: int | None = None) -> None:
+    `transport` opens the connection to a target (`rpc.Dial`; grpcio by default).
+    Calls raise `rpc.RpcError` once the retries are spent.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        attempts: int | None = None,
+        transport: Dial = dial_grpcio,
+    ) -> None:
         if not targets:
             raise ValueError("at least one registry target is required")
         self.targets = list(targets)
         self.timeout = timeout
         self._attempts = attempts or max(2, 2 * len(self.targets))
         self._index = 0
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: pb_grpc.RegistryStub | None = None
+        self._dial = transport
+        self._channel: Transport | None = None
 
     @property
     def target(self) -> str:
         return self.targets[self._index]
 
-    def stub(self) -> pb_grpc.RegistryStub:
-        if self._stub is None:
-            # A channel of its own subchannels: a new channel after `reconnect` must open a
-            # new connection, not reuse the (possibly dead) one from the global pool.
-            self._channel = grpc.aio.insecure_channel(
-                self.target, options=[("grpc.use_local_subchannel_pool", 1)]
-            )
-            self._stub = pb_grpc.RegistryStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._stub
+    def channel(self) -> Transport:
+        """The connection to the current target, opened on first use (a new one after
+        `reconnect` / `failover`). Raw calls on it are neither retried nor failed over."""
+        if self._channel is None:
+            self._channel = self._dial(self.target)
+        return self._channel
 
     async def failover(self) -> None:
         """Drop the current channel and move to the next target."""
@@ -70,48 +89,49 @@ class RegistryClient:
 
         For when the channel's connection may be dead without the channel knowing
         (e.g. the host's address it was bound to went away). Calls and streams in
-        flight on the old channel are cancelled; the client's own calls and
-        `keep_session_alive` / `Watch` retry on the new one.
+        flight on the old channel end with `rpc.ChannelClosed`; the client's own
+        calls and `keep_session_alive` / `Watch` retry on the new one (same target).
         """
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel, self._stub = None, None
+        await self.reconnect()
 
-    async def _retrying(self, call: Callable[[pb_grpc.RegistryStub], Awaitable[T]]) -> T:
+    async def _retrying(self, call: Callable[[Transport], Awaitable[T]]) -> T:
         for attempt in range(self._attempts):
             try:
-                return await call(self.stub())
-            except asyncio.CancelledError:
-                if not channel_closed_under_us():
-                    raise
-                if attempt == self._attempts - 1:  # an error, not a cancellation, for the caller
-                    raise rpc_error(
-                        grpc.StatusCode.UNAVAILABLE, "the channel was closed during the call"
-                    ) from None
+                return await call(self.channel())
+            except ChannelClosed:
+                if attempt == self._attempts - 1:
+                    raise RpcError(StatusCode.UNAVAILABLE, "the channel was closed during the call") from None
                 log.debug("registry %s: channel closed during a call; retrying", self.target)
                 continue  # someone else replaced the channel: retry on the new one
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRYABLE or attempt == self._attempts - 1:
+            except RpcError as e:
+                if e.code not in RETRYABLE or attempt == self._attempts - 1:
                     raise
-                log.debug("registry %s: %s; trying the next replica", self.target, e.details())
+                log.debug("registry %s: %s; trying the next replica", self.target, e.details)
                 await self.failover()
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
+
+    async def _unary(
+        self, method: str, request: Message, response_type: type[M], timeout: float | None = None
+    ) -> M:
+        """`method` with failover and retries, bounded by `timeout` (default: the client's) per attempt."""
+        limit = self.timeout if timeout is None else timeout
+        return await self._retrying(lambda t: t.unary(method, request, response_type, limit))
 
     # ---- calls ---------------------------------------------------------------
 
     async def open_session(self, ttl_seconds: int) -> pb.OpenSessionResponse:
         req = pb.OpenSessionRequest(ttl_seconds=ttl_seconds)
-        return await self._retrying(lambda s: s.OpenSession(req, timeout=self.timeout))
+        return await self._unary("OpenSession", req, pb.OpenSessionResponse)
 
     async def close_session(self, lease_id: int) -> None:
         req = pb.CloseSessionRequest(lease_id=lease_id)
-        await self._retrying(lambda s: s.CloseSession(req, timeout=self.timeout))
+        await self._unary("CloseSession", req, pb.CloseSessionResponse)
 
     async def register(
         self, instance: Instance, lease_id: int = 0, replace: bool = False
@@ -119,24 +139,24 @@ class RegistryClient:
         req = pb.RegisterRequest(
             instance=convert.instance_to_pb_input(instance), lease_id=lease_id, replace=replace
         )
-        return await self._retrying(lambda s: s.Register(req, timeout=self.timeout))
+        return await self._unary("Register", req, pb.RegisterResponse)
 
     async def deregister(self, service: str, instance_id: str) -> int:
         req = pb.DeregisterRequest(service=service, instance_id=instance_id)
-        resp = await self._retrying(lambda s: s.Deregister(req, timeout=self.timeout))
+        resp = await self._unary("Deregister", req, pb.DeregisterResponse)
         return int(resp.revision)
 
     async def set_weight(self, service: str, instance_id: str, weight: int) -> pb.UpdateInstanceResponse:
         req = pb.UpdateInstanceRequest(service=service, instance_id=instance_id, weight=weight)
-        return await self._retrying(lambda s: s.UpdateInstance(req, timeout=self.timeout))
+        return await self._unary("UpdateInstance", req, pb.UpdateInstanceResponse)
 
     async def drain(self, service: str, instance_id: str, drain: bool = True) -> pb.UpdateInstanceResponse:
         req = pb.UpdateInstanceRequest(service=service, instance_id=instance_id, drain=drain)
-        return await self._retrying(lambda s: s.UpdateInstance(req, timeout=self.timeout))
+        return await self._unary("UpdateInstance", req, pb.UpdateInstanceResponse)
 
     async def resolve(self, service: str, min_revision: int = 0) -> pb.ResolveResponse:
         req = pb.ResolveRequest(service=service, min_revision=min_revision)
-        return await self._retrying(lambda s: s.Resolve(req, timeout=self.timeout))
+        return await self._unary("Resolve", req, pb.ResolveResponse)
 
     async def list_services(
         self, suffix: str = "", limit: int = 0, page_token: str = "", min_revision: int = 0
@@ -144,20 +164,26 @@ class RegistryClient:
         req = pb.ListServicesRequest(
             suffix=suffix, limit=limit, page_token=page_token, min_revision=min_revision
         )
-        return await self._retrying(lambda s: s.ListServices(req, timeout=self.timeout))
+        return await self._unary("ListServices", req, pb.ListServicesResponse)
 
     async def cluster_status(self) -> pb.ClusterStatusResponse:
         req = pb.ClusterStatusRequest()
-        return await self._retrying(lambda s: s.ClusterStatus(req, timeout=self.timeout + 2))
+        return await self._unary("ClusterStatus", req, pb.ClusterStatusResponse, self.timeout + 2)
 
     async def keep_alive_once(self, lease_id: int) -> int:
         """Refresh `lease_id` once; return its TTL. NOT_FOUND once it has expired."""
 
-        async def call(stub: pb_grpc.RegistryStub) -> int:
-            stream = stub.KeepAlive(iter([pb.KeepAliveRequest(lease_id=lease_id)]), timeout=self.timeout)
-            async for resp in stream:
-                return int(resp.ttl_seconds)
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the keep-alive stream ended without an answer")
+        async def one() -> AsyncIterator[pb.KeepAliveRequest]:
+            yield pb.KeepAliveRequest(lease_id=lease_id)
+
+        async def call(transport: Transport) -> int:
+            stream = transport.stream("KeepAlive", one(), pb.KeepAliveResponse, timeout=self.timeout)
+            try:
+                async for resp in stream:
+                    return int(resp.ttl_seconds)
+            finally:
+                stream.cancel()
+            raise RpcError(StatusCode.UNAVAILABLE, "the keep-alive stream ended without an answer")
 
         return await self._retrying(call)
 
@@ -170,31 +196,11 @@ class RegistryClient:
         return Watch(self, from_revision, subscriber_id, suffix)
 
 
-def channel_closed_under_us() -> bool:
-    """Inside ``except asyncio.CancelledError``: True if the error came from a gRPC call
-    cancelled locally because its channel was closed (`RegistryClient.reconnect` /
-    `failover` by another task sharing the client), not from cancelling this task.
-
-    grpc.aio raises `asyncio.CancelledError` (not an `AioRpcError`) from such calls;
-    treating it as this task's cancellation would silently end long-running loops.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 0
-
-
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    """An `AioRpcError` for a refusal reported in-band (as a unary call would have raised it)."""
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
-
-
-_STATUS_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
-
-
 class RegistrationStream:
     """Registrations over one `RegisterStream` call, many in flight.
 
     `register` behaves like `RegistryClient.register`: it returns the
-    `RegisterResponse` or raises `grpc.aio.AioRpcError` with the code a unary
+    `RegisterResponse` or raises `rpc.RpcError` with the code a unary
     Register would have ended with. If the stream breaks, the registrations in
     flight fail with its error (they may or may not have been committed:
     registering again is safe); the next call opens a new stream, on the next
@@ -238,21 +244,24 @@ class RegistrationStream:
                 yield req
 
         self._outbox = outbox
-        self._reader = asyncio.create_task(self._read(self.client.stub().RegisterStream(requests())))
+        call = self.client.channel().stream("RegisterStream", requests(), pb.RegisterStreamResponse)
+        self._reader = asyncio.create_task(self._read(call))
 
-    async def _read(self, call: AsyncIterator[pb.RegisterStreamResponse]) -> None:
-        error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the register stream ended")
+    async def _read(self, call: Call[pb.RegisterStreamResponse]) -> None:
+        error = RpcError(StatusCode.UNAVAILABLE, "the register stream ended")
         try:
             async for answer in call:
                 self._settle(answer)
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:  # a `ChannelClosed` (CANCELLED) too: no failover for that
             error = e
+        finally:
+            call.cancel()
         self._outbox = None
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(error)
-        if pending and error.code() in RETRYABLE:
+        if pending and error.code in RETRYABLE:
             await self.client.failover()
 
     def _settle(self, answer: pb.RegisterStreamResponse) -> None:
@@ -260,8 +269,7 @@ class RegistrationStream:
         if fut is None or fut.done():
             return
         if answer.error_code:
-            code = _STATUS_BY_VALUE.get(answer.error_code, grpc.StatusCode.UNKNOWN)
-            fut.set_exception(rpc_error(code, answer.error_message))
+            fut.set_exception(RpcError(StatusCode.of(answer.error_code), answer.error_message))
         else:
             fut.set_result(answer.registered)
 
@@ -294,22 +302,15 @@ class Watch:
                 async for msg in self._stream():
                     delay = 0.05
                     yield msg
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in RETRYABLE | {
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    grpc.StatusCode.CANCELLED,
-                }:
-                    raise
-                log.info(
-                    "watch on %s ended (%s: %s); resuming", self.client.target, e.code().name, e.details()
-                )
-            except asyncio.CancelledError:
-                if not channel_closed_under_us():
-                    raise
+            except ChannelClosed:
                 log.info("watch on %s: channel replaced; resuming", self.client.target)
                 self.reconnects += 1
                 await asyncio.sleep(delay)
                 continue
+            except RpcError as e:
+                if e.code not in RETRYABLE | {StatusCode.RESOURCE_EXHAUSTED, StatusCode.CANCELLED}:
+                    raise
+                log.info("watch on %s ended (%s: %s); resuming", self.client.target, e.code.name, e.details)
             self.reconnects += 1
             await self.client.failover()
             await asyncio.sleep(delay)
@@ -336,7 +337,7 @@ class Watch:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.ack_interval)
 
-        call = self.client.stub().Watch(requests())
+        call = self.client.channel().stream("Watch", requests(), pb.WatchResponse)
         try:
             async for msg in call:
                 self._in_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT
@@ -397,19 +398,17 @@ async def keep_session_alive(client: RegistryClient, lease_id: int, interval: fl
         # `stop` ends the request iterator too: grpc does not cancel its consumer task
         # when the call has already ended (e.g. with NOT_FOUND), so it would linger.
         stop = asyncio.Event()
-        call = client.stub().KeepAlive(beats(stop))
+        call = client.channel().stream("KeepAlive", beats(stop), pb.KeepAliveResponse)
         try:
             async for _ in call:
                 pass
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in RETRYABLE | {grpc.StatusCode.CANCELLED}:
+        except ChannelClosed:
+            await asyncio.sleep(min(interval, 0.05))  # the channel was replaced: use the new one
+        except RpcError as e:
+            if e.code not in RETRYABLE | {StatusCode.CANCELLED}:
                 raise
             await client.failover()
             await asyncio.sleep(min(interval, 0.2))
-        except asyncio.CancelledError:
-            if not channel_closed_under_us():
-                raise
-            await asyncio.sleep(min(interval, 0.05))  # the channel was replaced: use the new one
         finally:
             stop.set()
             call.cancel()

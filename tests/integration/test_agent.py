@@ -7,6 +7,8 @@ only the data path is simulated (`tests/fakes/datapath.py`).
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.support.agent import eventually
 pytestmark = pytest.mark.integration
 
 LEASE_TTL = 2
+REPO = Path(__file__).parents[2]
 
 
 @pytest.fixture
@@ -197,3 +200,57 @@ async def test_lost_lease_is_replaced_and_everything_re_registered(
             assert agent.session.renewals == 1
     finally:
         await agent.stop()
+
+
+# What `serval agent` imports (the CLI's parser included), then an agent that registers, follows
+# the watch, keeps its lease alive and reconnects; the fake data path stands in for the Rust one.
+AGENT_PROCESS = """
+import asyncio, json, sys
+from pathlib import Path
+
+import deploy.cli
+from hostagent.agent.agent import Agent, AgentConfig
+from tests.fakes.datapath import FakeDatapath
+
+async def main(target: str, socket_path: str) -> None:
+    deploy.cli.build_parser()
+    config = AgentConfig(
+        registry=[target], agent_id="lean", socket_path=Path(socket_path), lease_ttl=2, keepalive_interval=0.2
+    )
+    agent = Agent(config, datapath_factory=FakeDatapath, address_reader=lambda: frozenset({"10.1.0.1"}))
+    await agent.start()
+    try:
+        while not agent.link.synced:
+            await asyncio.sleep(0.05)
+        await agent.client.reconnect()
+        await asyncio.sleep(0.5)
+        state = {"lease": agent.session.lease_id, "renewals": agent.session.renewals}
+    finally:
+        await agent.stop()
+    state["grpc"] = sorted(m for m in sys.modules if m == "grpc" or m.startswith(("grpc.", "grpc_")))
+    print(json.dumps(state))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_the_agent_process_never_imports_grpcio(
+    registry: tuple[str, RegistryClient], tmp_path: Path
+) -> None:
+    """The agent talks to the registry over grpclib: grpcio (~10 MB of RSS) must never load."""
+    target, _ = registry
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        AGENT_PROCESS,
+        target,
+        str(tmp_path / "agent.sock"),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    state = json.loads(out.decode().splitlines()[-1])
+    assert state["lease"] != 0 and state["renewals"] == 0
+    assert state["grpc"] == []

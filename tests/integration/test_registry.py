@@ -19,10 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from registry.api.client import Mirror, RegistryClient, keep_session_alive
+from registry.api.client import Mirror, RegistryClient, dial_grpcio, keep_session_alive
+from registry.api.rpc import Dial, RpcError, StatusCode
 from registry.api.server import Replica, ReplicaConfig
 from registry.api.v1 import registry_pb2 as pb
 from registry.model import Instance
+from tests.support.transports import TRANSPORTS
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +34,19 @@ COLLIDING = json.loads((Path(__file__).parents[1] / "testdata" / "service_ids.js
 
 StartReplica = Callable[..., Awaitable[tuple[Replica, RegistryClient]]]
 
+# The client-level behaviour the host agent relies on runs over both client transports.
+both_transports = pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+
 
 @pytest.fixture
-async def start_replica(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[StartReplica]:
+def transport(request: pytest.FixtureRequest) -> Dial:
+    """The clients' transport: grpcio, unless the test is marked `both_transports`."""
+    dial: Dial = getattr(request, "param", dial_grpcio)
+    return dial
+
+
+@pytest.fixture
+async def start_replica(etcd_single: Any, etcd_prefix: str, transport: Dial) -> AsyncIterator[StartReplica]:
     """Start replicas on the session etcd under this test's prefix; stop them afterwards."""
     started: list[tuple[Replica, RegistryClient]] = []
 
@@ -53,7 +65,7 @@ async def start_replica(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[Sta
         replica = Replica(config)
         port = await replica.start()
         await replica.wait_ready(15)
-        client = RegistryClient([f"127.0.0.1:{port}"], timeout=5)
+        client = RegistryClient([f"127.0.0.1:{port}"], timeout=5, transport=transport)
         started.append((replica, client))
         return replica, client
 
@@ -85,6 +97,7 @@ def deltas_in(messages: Sequence[pb.WatchResponse]) -> list[pb.InstanceDelta]:
     return [d for m in messages for d in m.deltas]
 
 
+@both_transports
 async def test_two_replicas_serve_every_call(start_replica: StartReplica) -> None:
     _, a = await start_replica()
     _, b = await start_replica()
@@ -110,6 +123,7 @@ async def test_resolve_orders_by_tier_then_weight(start_replica: StartReplica) -
     assert [i.instance_id for i in res.instances] == ["big", "small", "backup"]
 
 
+@both_transports
 async def test_lease_expiry_removes_instances_and_keep_alive_keeps_them(start_replica: StartReplica) -> None:
     _, client = await start_replica()
     kept = await client.open_session(2)
@@ -132,14 +146,16 @@ async def test_lease_expiry_removes_instances_and_keep_alive_keeps_them(start_re
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(RpcError) as err:
         await client.keep_alive_once(lapsing.lease_id)
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.code == StatusCode.NOT_FOUND
 
 
+@both_transports
 async def test_keep_alive_and_watch_survive_a_reconnect_by_another_task(start_replica: StartReplica) -> None:
-    """grpc.aio raises `asyncio.CancelledError` from calls whose channel was closed; the
-    client's long-running loops sharing that channel must resume, not end as if cancelled."""
+    """A call whose channel another task closed ends with `ChannelClosed` (grpc.aio itself raises
+    `asyncio.CancelledError` there); the client's long-running loops sharing that channel must
+    resume, not end as if cancelled."""
     _, client = await start_replica()
     session = await client.open_session(2)
     first = await client.register(inst("kept"), lease_id=session.lease_id)
@@ -169,6 +185,7 @@ async def test_keep_alive_and_watch_survive_a_reconnect_by_another_task(start_re
                 await task
 
 
+@both_transports
 async def test_watch_resume_on_another_replica_sends_only_missing_deltas(start_replica: StartReplica) -> None:
     _, a = await start_replica()
     _, b = await start_replica()
@@ -190,6 +207,51 @@ async def test_watch_resume_on_another_replica_sends_only_missing_deltas(start_r
     assert {m.replica_id for m in messages} == {"r2"}
 
 
+@both_transports
+async def test_calls_keep_alive_and_watch_fail_over_when_the_replica_goes_away(
+    start_replica: StartReplica, transport: Dial
+) -> None:
+    """One client over two replicas: the one it uses stops; every call, the lease keep-alive
+    and the watch (resuming from its revision) move to the other."""
+    replica_a, _ = await start_replica()
+    replica_b, _ = await start_replica()
+    targets = [f"127.0.0.1:{replica_a.port}", f"127.0.0.1:{replica_b.port}"]
+    client = RegistryClient(targets, timeout=5, transport=transport)
+    session = await client.open_session(2)
+    first = await client.register(inst("kept"), lease_id=session.lease_id)
+    keeper = asyncio.create_task(keep_session_alive(client, session.lease_id, interval=0.5))
+    watch = client.watch(from_revision=first.revision, subscriber_id="failover")
+    seen: list[pb.WatchResponse] = []
+    later_seen = asyncio.Event()
+
+    async def follow() -> None:
+        async for msg in watch:
+            seen.append(msg)
+            if any(d.instance.instance_id == "later" for d in msg.deltas):
+                later_seen.set()
+
+    follower = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(0.5)  # the watch and the keep-alive are open on replica a
+        await replica_a.stop(grace=0.2)
+        later = await client.register(inst("later"), lease_id=session.lease_id)
+        await asyncio.wait_for(later_seen.wait(), 10)
+        assert watch.reconnects >= 1 and seen[-1].replica_id == "r2"
+        assert [d.revision for m in seen for d in m.deltas] == [later.revision]  # resumed: no replay
+        await asyncio.sleep(2.5)  # past the 2 s TTL: only the keep-alive on replica b kept the lease
+        assert not keeper.done() and client.target == targets[1]
+        res = await client.resolve("payments.prod", min_revision=later.revision)
+        assert sorted(i.instance_id for i in res.instances) == ["kept", "later"]
+        assert res.instances[0].lease_id == session.lease_id
+    finally:
+        for task in (keeper, follower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await client.close()
+
+
+@both_transports
 async def test_resume_from_compacted_history_gets_a_snapshot_and_converges(
     start_replica: StartReplica,
 ) -> None:
@@ -229,28 +291,29 @@ async def test_resume_older_than_a_small_history_gets_a_snapshot(start_replica: 
     assert sum(len(m.instances) for m in messages) == 6
 
 
+@both_transports
 async def test_bad_inputs_get_the_right_codes(start_replica: StartReplica) -> None:
     _, client = await start_replica()
     await client.register(inst("i1", service=COLLIDING["names"][0]))
-    cases: list[tuple[Awaitable[Any], grpc.StatusCode, str]] = [
-        (client.register(inst("i1", service="no_underscores")), grpc.StatusCode.INVALID_ARGUMENT, "label"),
-        (client.register(inst("i1", port=0)), grpc.StatusCode.INVALID_ARGUMENT, "port"),
-        (client.register(inst("i1", weight=10_001)), grpc.StatusCode.INVALID_ARGUMENT, "weight"),
-        (client.register(inst("i1", metadata={"k": "v" * 300})), grpc.StatusCode.INVALID_ARGUMENT, "256"),
-        (client.register(inst("i1", addresses=("::",))), grpc.StatusCode.INVALID_ARGUMENT, "unspecified"),
-        (client.register(inst("i1", service=COLLIDING["names"][1])), grpc.StatusCode.ALREADY_EXISTS, "ID"),
-        (client.register(inst("i1", service=COLLIDING["names"][0])), grpc.StatusCode.ALREADY_EXISTS, "lease"),
-        (client.register(inst("i2"), lease_id=0x7777777), grpc.StatusCode.NOT_FOUND, "lease"),
-        (client.deregister("payments.prod", "missing"), grpc.StatusCode.NOT_FOUND, "missing"),
-        (client.set_weight("payments.prod", "missing", 5), grpc.StatusCode.NOT_FOUND, "missing"),
-        (client.open_session(0), grpc.StatusCode.INVALID_ARGUMENT, "ttl"),
-        (client.resolve("a..b"), grpc.StatusCode.INVALID_ARGUMENT, "empty label"),
+    cases: list[tuple[Awaitable[Any], StatusCode, str]] = [
+        (client.register(inst("i1", service="no_underscores")), StatusCode.INVALID_ARGUMENT, "label"),
+        (client.register(inst("i1", port=0)), StatusCode.INVALID_ARGUMENT, "port"),
+        (client.register(inst("i1", weight=10_001)), StatusCode.INVALID_ARGUMENT, "weight"),
+        (client.register(inst("i1", metadata={"k": "v" * 300})), StatusCode.INVALID_ARGUMENT, "256"),
+        (client.register(inst("i1", addresses=("::",))), StatusCode.INVALID_ARGUMENT, "unspecified"),
+        (client.register(inst("i1", service=COLLIDING["names"][1])), StatusCode.ALREADY_EXISTS, "ID"),
+        (client.register(inst("i1", service=COLLIDING["names"][0])), StatusCode.ALREADY_EXISTS, "lease"),
+        (client.register(inst("i2"), lease_id=0x7777777), StatusCode.NOT_FOUND, "lease"),
+        (client.deregister("payments.prod", "missing"), StatusCode.NOT_FOUND, "missing"),
+        (client.set_weight("payments.prod", "missing", 5), StatusCode.NOT_FOUND, "missing"),
+        (client.open_session(0), StatusCode.INVALID_ARGUMENT, "ttl"),
+        (client.resolve("a..b"), StatusCode.INVALID_ARGUMENT, "empty label"),
     ]
     for call, code, words in cases:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        with pytest.raises(RpcError) as err:
             await call
-        assert err.value.code() == code, err.value.details()
-        assert words in err.value.details(), err.value.details()
+        assert err.value.code == code, err.value.details
+        assert words in err.value.details, err.value.details
 
 
 async def test_health_and_reflection_are_served(start_replica: StartReplica) -> None:
@@ -294,7 +357,7 @@ async def test_killing_the_connected_etcd_member_loses_no_acknowledged_registrat
     acknowledged: dict[str, int] = {}
 
     async def register(n: int) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):  # refused writes were never acknowledged
+        with contextlib.suppress(RpcError):  # refused writes were never acknowledged
             reg = await client.register(inst(f"i{n}"), lease_id=session.lease_id)
             acknowledged[f"i{n}"] = reg.revision
 
@@ -319,16 +382,16 @@ async def test_without_quorum_writes_fail_unavailable_and_recover(
     etcd_cluster3.members[2].kill()  # one member left: no quorum
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(RpcError) as err:
         await client.register(inst("during"), lease_id=session.lease_id)
-    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert err.value.code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
     assert loop.time() - started < 15  # a clear refusal, not a hang
     await asyncio.to_thread(etcd_cluster3.members[1].restart)
     for _ in range(100):  # quorum is back once the restarted member has caught up
         try:
             after = await client.register(inst("after"), lease_id=session.lease_id)
             break
-        except grpc.aio.AioRpcError:
+        except RpcError:
             await asyncio.sleep(0.2)
     res = await client.resolve("payments.prod", min_revision=after.revision)
     present = {i.instance_id for i in res.instances}
@@ -337,6 +400,7 @@ async def test_without_quorum_writes_fail_unavailable_and_recover(
     assert after.revision > before.revision
 
 
+@both_transports
 async def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered(start_replica: StartReplica) -> None:
     replica, client = await start_replica(max_queued=4)
     session = await client.open_session(60)
@@ -348,7 +412,7 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered(start_rep
         while (req := await requests.get()) is not None:
             yield req
 
-    stuck = client.stub().Watch(request_stream())  # never read until the end
+    stuck = client.channel().stream("Watch", request_stream(), pb.WatchResponse)  # not read until the end
     for _ in range(100):
         if replica.hub.subscriber_count:
             break
@@ -364,10 +428,11 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered(start_rep
         sent += 50
     assert replica.hub.slow_disconnects == 1, f"not cut off after {sent} registrations"
     assert replica.hub.subscriber_count == 0
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(RpcError) as err:
         async for _ in stuck:
             pass
     requests.put_nowait(None)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "too slow" in err.value.details()
+    stuck.cancel()
+    assert err.value.code == StatusCode.RESOURCE_EXHAUSTED
+    assert "too slow" in err.value.details
     await asyncio.sleep(0.1)

@@ -13,28 +13,37 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
+from google.protobuf.message import Message
 
 from registry.api.client import Mirror, RegistryClient
+from registry.api.rpc import Dial, RpcError, StatusCode
 from registry.api.server import Replica, ReplicaConfig
 from registry.model import Instance
 from tests.fakes.store import FakeStore
+from tests.support.transports import TRANSPORTS
 
 COLLIDING = json.loads((Path(__file__).parents[1] / "testdata" / "service_ids.json").read_text())[
     "colliding"
 ][0]
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Dial:
+    """Every test of the client against the server runs over both client transports."""
+    dial: Dial = request.param
+    return dial
+
+
 @pytest.fixture
-async def env() -> AsyncIterator[tuple[FakeStore, Replica, RegistryClient]]:
+async def env(transport: Dial) -> AsyncIterator[tuple[FakeStore, Replica, RegistryClient]]:
     store = FakeStore()
     replica = Replica(
         ReplicaConfig(etcd_endpoints=[], listen="127.0.0.1:0", progress_interval=0.2), store=store
     )
     port = await replica.start()
     await replica.wait_ready()
-    client = RegistryClient([f"127.0.0.1:{port}"], timeout=2)
+    client = RegistryClient([f"127.0.0.1:{port}"], timeout=2, transport=transport)
     yield store, replica, client
     await client.close()
     await replica.stop(grace=0.1)
@@ -62,38 +71,38 @@ async def test_concurrent_registrations_on_one_session(
 @pytest.mark.parametrize(
     ("instance", "code"),
     [
-        (inst("i1", service="Bad_Name"), grpc.StatusCode.INVALID_ARGUMENT),
-        (inst("i/1"), grpc.StatusCode.INVALID_ARGUMENT),
-        (inst("i1", port=0), grpc.StatusCode.INVALID_ARGUMENT),
-        (inst("i1", weight=20000), grpc.StatusCode.INVALID_ARGUMENT),
-        (inst("i1", metadata={"k": "x" * 1000}), grpc.StatusCode.INVALID_ARGUMENT),
+        (inst("i1", service="Bad_Name"), StatusCode.INVALID_ARGUMENT),
+        (inst("i/1"), StatusCode.INVALID_ARGUMENT),
+        (inst("i1", port=0), StatusCode.INVALID_ARGUMENT),
+        (inst("i1", weight=20000), StatusCode.INVALID_ARGUMENT),
+        (inst("i1", metadata={"k": "x" * 1000}), StatusCode.INVALID_ARGUMENT),
     ],
 )
 async def test_bad_registrations_get_invalid_argument(
-    env: tuple[FakeStore, Replica, RegistryClient], instance: Instance, code: grpc.StatusCode
+    env: tuple[FakeStore, Replica, RegistryClient], instance: Instance, code: StatusCode
 ) -> None:
     _, _, client = env
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(RpcError) as err:
         await client.register(instance)
-    assert err.value.code() == code
-    assert err.value.details()
+    assert err.value.code == code
+    assert err.value.details
 
 
 async def test_refusals_and_not_found(env: tuple[FakeStore, Replica, RegistryClient]) -> None:
     store, _, client = env
     first = await client.register(inst("i1", service=COLLIDING["names"][0]))
     for call, code in [
-        (client.register(inst("i1", service=COLLIDING["names"][1])), grpc.StatusCode.ALREADY_EXISTS),
-        (client.register(inst("i1", service=COLLIDING["names"][0])), grpc.StatusCode.ALREADY_EXISTS),
-        (client.register(inst("i2"), lease_id=424242), grpc.StatusCode.NOT_FOUND),
-        (client.deregister("payments.prod", "nope"), grpc.StatusCode.NOT_FOUND),
-        (client.drain("payments.prod", "nope"), grpc.StatusCode.NOT_FOUND),
-        (client.set_weight(COLLIDING["names"][0], "i1", 0), grpc.StatusCode.INVALID_ARGUMENT),
-        (client.keep_alive_once(424242), grpc.StatusCode.NOT_FOUND),
+        (client.register(inst("i1", service=COLLIDING["names"][1])), StatusCode.ALREADY_EXISTS),
+        (client.register(inst("i1", service=COLLIDING["names"][0])), StatusCode.ALREADY_EXISTS),
+        (client.register(inst("i2"), lease_id=424242), StatusCode.NOT_FOUND),
+        (client.deregister("payments.prod", "nope"), StatusCode.NOT_FOUND),
+        (client.drain("payments.prod", "nope"), StatusCode.NOT_FOUND),
+        (client.set_weight(COLLIDING["names"][0], "i1", 0), StatusCode.INVALID_ARGUMENT),
+        (client.keep_alive_once(424242), StatusCode.NOT_FOUND),
     ]:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        with pytest.raises(RpcError) as err:
             await call
-        assert err.value.code() == code, err.value.details()
+        assert err.value.code == code, err.value.details
     took_over = await client.register(inst("i1", service=COLLIDING["names"][0]), replace=True)
     assert took_over.lease_id != first.lease_id
     # a refused registration on a fresh lease leaves no lease behind
@@ -153,9 +162,9 @@ async def test_list_services_pages_and_filters(env: tuple[FakeStore, Replica, Re
 async def test_unavailable_store_maps_to_unavailable(env: tuple[FakeStore, Replica, RegistryClient]) -> None:
     store, _, client = env
     store.fail_next = 100
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(RpcError) as err:
         await client.open_session(5)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.code == StatusCode.UNAVAILABLE
     store.fail_next = 0
 
 
@@ -225,8 +234,8 @@ async def test_register_stream_answers_each_registration_in_band(
     ]
     results = await asyncio.gather(*good, *bad, return_exceptions=True)
     assert all(r.lease_id == session.lease_id for r in results[:40])  # type: ignore[union-attr]
-    codes = [r.code() for r in results[40:]]  # type: ignore[union-attr]
-    assert codes == [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND]
+    codes = [r.code for r in results[40:]]  # type: ignore[union-attr]
+    assert codes == [StatusCode.INVALID_ARGUMENT, StatusCode.NOT_FOUND]
     again = await stream.register(inst("i40"), lease_id=session.lease_id)  # the stream stays open
     assert again.revision > 0
     await stream.close()
@@ -239,27 +248,35 @@ async def test_malformed_envelopes_get_invalid_argument(
     from registry.api.v1 import registry_pb2 as pb
 
     _, _, client = env
-    stub = client.stub()
+    channel = client.channel()
     calls = [
-        stub.Register(pb.RegisterRequest(), timeout=2),
-        stub.UpdateInstance(pb.UpdateInstanceRequest(service="a.b", instance_id="i"), timeout=2),
-        stub.ListServices(pb.ListServicesRequest(limit=10_001), timeout=2),
-        stub.ListServices(pb.ListServicesRequest(suffix="bad_suffix"), timeout=2),
-        stub.CloseSession(pb.CloseSessionRequest(lease_id=-1), timeout=2),
+        channel.unary("Register", pb.RegisterRequest(), pb.RegisterResponse, 2),
+        channel.unary(
+            "UpdateInstance",
+            pb.UpdateInstanceRequest(service="a.b", instance_id="i"),
+            pb.UpdateInstanceResponse,
+            2,
+        ),
+        channel.unary("ListServices", pb.ListServicesRequest(limit=10_001), pb.ListServicesResponse, 2),
+        channel.unary(
+            "ListServices", pb.ListServicesRequest(suffix="bad_suffix"), pb.ListServicesResponse, 2
+        ),
+        channel.unary("CloseSession", pb.CloseSessionRequest(lease_id=-1), pb.CloseSessionResponse, 2),
     ]
     for call in calls:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        with pytest.raises(RpcError) as err:
             await call
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert err.value.code == StatusCode.INVALID_ARGUMENT, err.value.details
     for first in (
         pb.WatchRequest(applied=pb.WatchApplied(revision=3)),
         pb.WatchRequest(start=pb.WatchStart(from_revision=-1)),
     ):
-        watch = stub.Watch(iter([first]), timeout=2)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        watch = channel.stream("Watch", one(first), pb.WatchResponse, timeout=2)
+        with pytest.raises(RpcError) as err:
             async for _ in watch:
                 pass
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        watch.cancel()
+        assert err.value.code == StatusCode.INVALID_ARGUMENT, err.value.details
 
 
 async def test_a_watch_that_never_says_start_is_closed(
@@ -276,11 +293,16 @@ async def test_a_watch_that_never_says_start_is_closed(
         await silent.wait()
         yield pb.WatchRequest()
 
-    watch = client.stub().Watch(nothing(), timeout=5)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    watch = client.channel().stream("Watch", nothing(), pb.WatchResponse, timeout=5)
+    with pytest.raises(RpcError) as err:
         async for _ in watch:
             pass
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "start" in err.value.details()
+    watch.cancel()
+    assert err.value.code == StatusCode.INVALID_ARGUMENT
+    assert "start" in err.value.details
     silent.set()
     await asyncio.sleep(0.05)
+
+
+async def one(message: Message) -> AsyncIterator[Message]:
+    yield message
