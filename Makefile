@@ -17,7 +17,7 @@ help: ## List the targets with what they do
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: system-deps
-system-deps: ## Install missing Debian packages (etcd-server, etcd-client, iproute2)
+system-deps: ## Install missing Debian packages (etcd-server, etcd-client, iproute2, dnsmasq-base)
 	@deploy/scripts/ensure-system-packages.sh
 
 $(PY):

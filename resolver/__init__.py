@@ -1,1 +1,2 @@
-"""Serval resolver: coexisting discovery back-ends merged with clear precedence (filled by a later issue)."""
+"""Serval resolver: coexisting discovery back-ends (`resolver.backends`) merged with a clear
+precedence and source attribution (`resolver.merge`) into the `View` of `resolver.model`."""

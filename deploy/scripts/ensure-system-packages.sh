@@ -10,6 +10,9 @@ declare -A NEEDED=(
     [etcd]=etcd-server
     [etcdctl]=etcd-client
     [ip]=iproute2
+    # the resolver's DNS back-end tests serve records from it (the -base package:
+    # the binary without a system service)
+    [dnsmasq]=dnsmasq-base
 )
 if [ "${1:-}" = "--bench" ]; then
     NEEDED=(

@@ -6,7 +6,9 @@ Start order (each step needs the previous ones):
  3. the registry session (lease) and the host record on it;
  4. background tasks: lease keep-alive, registry watch → mirror (`mirror.py`:
     a compact Rust mirror the table is built from, no Python object per instance), the
-    debounced reconciler (an initial, empty table is applied at once), the
+    extra discovery back-ends if configured (`discovery.py`: static file, LAN, DNS,
+    merged by a `resolver.merge.Resolver`; their SAL-capable endpoints join the same
+    table), the debounced reconciler (an initial, empty table is applied at once), the
     data-path event pump, the address poller;
  5. the local API socket (apps can now listen/connect);
  6. legacy access (`legacy.py`, if configured): SOCKS5 and upstream listeners
@@ -18,8 +20,8 @@ metrics → address poller → legacy access (listeners closed, handshakes and
 set-ups in progress abandoned, exposed servers unlistened and deregistered;
 relayed flows continue in the data path until its shutdown) → local API (every listener is closed:
 unlisten + deregister) → event pump (drains the poll in flight) → lease
-keep-alive, host record deregistered, lease revoked → registry watch and
-reconciler → registry client → data path `shutdown()` then `join()`.
+keep-alive, host record deregistered, lease revoked → registry watch, discovery
+back-ends and reconciler → registry client → data path `shutdown()` then `join()`.
 
 `run()` returns when `request_stop()` is called, and raises when a
 background task fails (e.g. a non-retryable registry error): an agent that
@@ -48,6 +50,7 @@ from typing import Any
 from hostagent.agent.control import Control
 from hostagent.agent.datapath import DatapathConfig, DatapathPort, open_datapath
 from hostagent.agent.desired import AGENTS_SERVICE
+from hostagent.agent.discovery import DiscoveryConfig, ExtraSources, build_resolver
 from hostagent.agent.events import Endpoint, EventPump
 from hostagent.agent.host_record import HostRecord
 from hostagent.agent.interfaces import AddressPoller, Reader, advertised_addresses, read_host_addresses
@@ -89,6 +92,7 @@ class AgentConfig:
     keepalive_interval: float = 2.0
     debounce: float = 0.05
     legacy: LegacyConfig = field(default_factory=LegacyConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
 
 class Agent:
@@ -106,7 +110,11 @@ class Agent:
         # grpclib, not grpcio: ~10 MB less RSS; same failover and failure modes (`transport_grpclib`).
         self.client = RegistryClient(list(config.registry), transport=transport_grpclib.dial)
         self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
-        self.mirror = AgentMirror(DesiredTable(config.zone, config.region))
+        table = DesiredTable(config.zone, config.region)
+        self.extras = ExtraSources(table)
+        self.resolver = build_resolver(config.discovery)  # None: the registry alone
+        offset = config.discovery.registry_tier_offset
+        self.mirror = AgentMirror(table, tier_offset=offset, on_clear=self.extras.restore)
         self.link = RegistryLink(
             self.client, f"agent/{config.agent_id}", self._changed, self._progress, self.mirror
         )
@@ -167,6 +175,9 @@ class Agent:
         self._reconciler.reconcile_now()
         self._spawn("keepalive", self.session.run())
         self._spawn("watch", self.link.run())
+        if self.resolver is not None:
+            self.resolver.subscribe(self._discovery_changed)
+            self._spawn("discovery", self.resolver.run())
         self._spawn("reconcile", self._reconciler.run())
         self._spawn("pump", self._pump.run())
         # Kernel notifications only make sense for the host's real addresses (not an injected reader).
@@ -255,6 +266,11 @@ class Agent:
     def _changed(self) -> None:
         if self._reconciler is not None:
             self._reconciler.request()
+
+    def _discovery_changed(self) -> None:
+        assert self.resolver is not None
+        if self.extras.update(self.resolver.view()):
+            self._changed()
 
     def _progress(self, revision: int) -> None:
         if self._reconciler is not None:

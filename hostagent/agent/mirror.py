@@ -7,12 +7,19 @@ straight into the Rust `DesiredTable`, which keeps only SAL-capable
 instances and only what the service table needs (see
 `hostagent/sal_core/desired.py`). The watch message is dropped once applied.
 
+Other discovery back-ends may share the table (`discovery.py`): `tier_offset` is
+added to every registry tier (the registry's precedence * 16) and `on_clear` is
+called right after a snapshot series cleared the table, so they can put their
+entries back before the table is used again.
+
 This module reads the registry's protobuf messages directly (like
 `registry.api.convert`, the registry's converter) so that no `Instance`
 object is built per delta.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from hostagent.agent.desired import SAL_PORT_KEY, parse_sal_port
 from hostagent.sal_core.desired import DesiredTable
@@ -24,8 +31,12 @@ _SNAPSHOT_KINDS = (pb.WatchResponse.SNAPSHOT, pb.WatchResponse.SNAPSHOT_END)
 class AgentMirror:
     """SAL-capable registry instances in `table`, at `revision`. Event-loop thread only."""
 
-    def __init__(self, table: DesiredTable) -> None:
+    def __init__(
+        self, table: DesiredTable, tier_offset: int = 0, on_clear: Callable[[], None] | None = None
+    ) -> None:
         self.table = table
+        self.tier_offset = tier_offset
+        self.on_clear = on_clear
         self.revision = 0
         # In the middle of a snapshot series: `table` is not a consistent view.
         self.in_snapshot = False
@@ -36,6 +47,8 @@ class AgentMirror:
         if msg.kind in _SNAPSHOT_KINDS:
             if msg.snapshot_start:
                 self.table.clear()
+                if self.on_clear is not None:
+                    self.on_clear()
             self.in_snapshot = msg.kind == pb.WatchResponse.SNAPSHOT
             for inst in msg.instances:
                 self._put(inst)
@@ -49,5 +62,12 @@ class AgentMirror:
     def _put(self, i: pb.Instance) -> None:
         port = parse_sal_port(i.metadata.get(SAL_PORT_KEY, ""))
         self.table.put(
-            i.service, i.instance_id, i.addresses, port, i.weight, i.tier, i.locality.zone, i.locality.region
+            i.service,
+            i.instance_id,
+            i.addresses,
+            port,
+            i.weight,
+            i.tier + self.tier_offset,
+            i.locality.zone,
+            i.locality.region,
         )

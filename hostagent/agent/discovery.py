@@ -1,0 +1,122 @@
+"""The agent's extra discovery back-ends (static file, LAN, DNS) in its service table.
+
+The registry stays the agent's primary source through its own compact mirror
+(`mirror.py` → the Rust `DesiredTable`). The other back-ends run under a
+`resolver.merge.Resolver`; `ExtraSources` puts the SAL-capable endpoints of its view
+(metadata `serval.sal_port`) into the *same* `DesiredTable`:
+- instance id ``"<source>/<instance_id>"``: "/" never occurs in a registry instance
+  id, so they never clash with registry instances (nor with each other);
+- tier = the endpoint's effective tier from the merge (precedence * 16 + its own
+  tier), so with the default precedence (registry 0) a registry instance of a service
+  is always preferred and the extras are its fall-backs; the agent's mirror adds
+  `precedence["registry"] * 16` to registry tiers for the same scale;
+- unhealthy endpoints and ones without a valid SAL port are left out; drained ones
+  (weight 0) are kept with weight 0, as the registry's are.
+
+Ordering: `update(view)` applies the difference to the table (removals, then puts)
+and returns whether anything changed (the agent then asks for a reconcile pass);
+`restore()` puts every extra entry again: the mirror calls it right after a registry
+snapshot series cleared the table. Event-loop thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hostagent.agent.desired import SAL_PORT_KEY, parse_sal_port
+from hostagent.sal_core.desired import DesiredTable
+from resolver.backends.lan import DEFAULT_GROUP, DEFAULT_PORT, LanBackend
+from resolver.backends.static import DEFAULT_INTERVAL, StaticBackend
+from resolver.merge import Resolver
+from resolver.model import TIERS_PER_SOURCE, Backend, View
+
+SOURCE_SEP = "/"
+DEFAULT_PRECEDENCE = {"registry": 0, "static": 1, "dns": 2, "lan": 3}
+
+# (addresses, sal_port, weight, tier, zone, region): the arguments of `DesiredTable.put`
+TableEntry = tuple[tuple[str, ...], int, int, int, str, str]
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Which extra back-ends the agent runs; all off by default. `dns_names` holds
+    ``(name, port or None)`` (None: SRV)."""
+
+    static_file: Path | None = None
+    static_interval: float = DEFAULT_INTERVAL
+    lan: bool = False
+    lan_group: str = DEFAULT_GROUP
+    lan_port: int = DEFAULT_PORT
+    lan_interface: str = "0.0.0.0"
+    dns_names: tuple[tuple[str, int | None], ...] = ()
+    dns_servers: tuple[str, ...] = ()
+    precedence: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PRECEDENCE))
+
+    @property
+    def enabled(self) -> bool:
+        return self.static_file is not None or self.lan or bool(self.dns_names)
+
+    @property
+    def registry_tier_offset(self) -> int:
+        return self.precedence.get("registry", 0) * TIERS_PER_SOURCE
+
+
+def build_resolver(config: DiscoveryConfig) -> Resolver | None:
+    """The resolver over the configured extra back-ends, or None when there is none.
+    Raises ValueError on a configuration it cannot start with (e.g. DNS names without
+    a server). dnspython is imported only when DNS names are configured."""
+    backends: list[Backend] = []
+    if config.static_file is not None:
+        backends.append(StaticBackend(config.static_file, interval=config.static_interval))
+    if config.lan:
+        backends.append(
+            LanBackend(group=config.lan_group, port=config.lan_port, interface=config.lan_interface)
+        )
+    if config.dns_names:
+        from resolver.backends.dns import DnsBackend, DnsName
+
+        dns_names = [DnsName(name, port) for name, port in config.dns_names]
+        backends.append(DnsBackend(dns_names, list(config.dns_servers)))
+    return Resolver(backends, config.precedence) if backends else None
+
+
+def table_entries(view: View) -> dict[tuple[str, str], TableEntry]:
+    """The `DesiredTable` entries for `view`'s SAL-capable endpoints (registry excluded). Pure."""
+    out: dict[tuple[str, str], TableEntry] = {}
+    for service, endpoints in view.services.items():
+        for e in endpoints:
+            port = parse_sal_port(e.metadata.get(SAL_PORT_KEY, ""))
+            if port is None or not e.healthy or e.source == "registry":
+                continue
+            key = (service, f"{e.source}{SOURCE_SEP}{e.instance_id}")
+            out[key] = (tuple(e.addresses), port, e.weight, e.tier, e.zone, e.region)
+    return out
+
+
+class ExtraSources:
+    """The extra back-ends' entries currently in `table` (see the module docstring)."""
+
+    def __init__(self, table: DesiredTable) -> None:
+        self.table = table
+        self.entries: dict[tuple[str, str], TableEntry] = {}
+
+    def update(self, view: View) -> bool:
+        new = table_entries(view)
+        gone = [k for k in self.entries if k not in new]
+        changed = [(k, v) for k, v in new.items() if self.entries.get(k) != v]
+        for service, iid in gone:
+            self.table.remove(service, iid)
+        for key, entry in changed:
+            self._put(key, entry)
+        self.entries = new
+        return bool(gone or changed)
+
+    def restore(self) -> None:
+        for key, entry in self.entries.items():
+            self._put(key, entry)
+
+    def _put(self, key: tuple[str, str], entry: TableEntry) -> None:
+        addresses, port, weight, tier, zone, region = entry
+        self.table.put(key[0], key[1], addresses, port, weight, tier, zone, region)
