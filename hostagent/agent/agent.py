@@ -50,7 +50,13 @@ from typing import Any
 from hostagent.agent.control import Control
 from hostagent.agent.datapath import DatapathConfig, DatapathPort, open_datapath
 from hostagent.agent.desired import AGENTS_SERVICE
-from hostagent.agent.discovery import DiscoveryConfig, ExtraSources, build_resolver
+from hostagent.agent.discovery import (
+    AnnouncingRegistrar,
+    DiscoveryConfig,
+    ExtraSources,
+    build_announcer,
+    build_resolver,
+)
 from hostagent.agent.events import Endpoint, EventPump
 from hostagent.agent.host_record import HostRecord
 from hostagent.agent.interfaces import AddressPoller, Reader, advertised_addresses, read_host_addresses
@@ -61,7 +67,7 @@ from hostagent.agent.metrics import AgentGauges, MetricsServer
 from hostagent.agent.mirror import AgentMirror
 from hostagent.agent.reconcile import Reconciler
 from hostagent.agent.registry_link import RegistryLink
-from hostagent.agent.session import RegistrySession
+from hostagent.agent.session import Registrar, RegistrySession
 from hostagent.localproto import DEFAULT_SOCKET
 from hostagent.sal_core.desired import DesiredRules, DesiredTable
 from registry import __version__
@@ -113,6 +119,8 @@ class Agent:
         table = DesiredTable(config.zone, config.region)
         self.extras = ExtraSources(table)
         self.resolver = build_resolver(config.discovery)  # None: the registry alone
+        # --lan: what the agent registers is also announced on the link (None without it)
+        self.announcer = build_announcer(config.discovery, config.agent_id)
         offset = config.discovery.registry_tier_offset
         self.mirror = AgentMirror(table, tier_offset=offset, on_clear=self.extras.restore)
         self.link = RegistryLink(
@@ -169,7 +177,11 @@ class Agent:
         self._reconciler = Reconciler(
             dp, self._desired, cfg.debounce, ready=lambda: not self.mirror.in_snapshot
         )
-        self._control = Control(dp, self.session, self._reconciler, host, self.mirror.table.knows)
+        registrar: Registrar = self.session
+        if self.announcer is not None:
+            registrar = AnnouncingRegistrar(self.session, self.announcer)
+            self._spawn("lan_announcer", self.announcer.run())
+        self._control = Control(dp, registrar, self._reconciler, host, self.mirror.table.knows)
         self._pump = EventPump(dp, self._control)
         await self.host_record.publish(host)
         self._reconciler.reconcile_now()

@@ -21,16 +21,23 @@ snapshot series cleared the table. Event-loop thread only.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hostagent.agent.desired import SAL_PORT_KEY, parse_sal_port
+from hostagent.agent.session import Registrar
 from hostagent.sal_core.desired import DesiredTable
-from resolver.backends.lan import DEFAULT_GROUP, DEFAULT_PORT, LanBackend
+from registry.model import Instance
+from resolver.backends.lan import DEFAULT_GROUP, DEFAULT_PORT, LanAnnouncer, LanBackend
+from resolver.backends.registry import endpoint_from_instance
 from resolver.backends.static import DEFAULT_INTERVAL, StaticBackend
 from resolver.merge import Resolver
-from resolver.model import TIERS_PER_SOURCE, Backend, View
+from resolver.model import TIERS_PER_SOURCE, Backend, Endpoint, View
+
+log = logging.getLogger(__name__)
 
 SOURCE_SEP = "/"
 DEFAULT_PRECEDENCE = {"registry": 0, "static": 1, "dns": 2, "lan": 3}
@@ -120,3 +127,50 @@ class ExtraSources:
     def _put(self, key: tuple[str, str], entry: TableEntry) -> None:
         addresses, port, weight, tier, zone, region = entry
         self.table.put(key[0], key[1], addresses, port, weight, tier, zone, region)
+
+
+def build_announcer(config: DiscoveryConfig, agent_id: str) -> LanAnnouncer | None:
+    """The agent's LAN announcer (`--lan`), named after the agent (characters a LAN host
+    id may not hold become "-"), or None without `--lan`."""
+    if not config.lan:
+        return None
+    host = re.sub(r"[^A-Za-z0-9._:-]", "-", agent_id)[:64] or "agent"
+    return LanAnnouncer(host, group=config.lan_group, port=config.lan_port, interface=config.lan_interface)
+
+
+class AnnouncingRegistrar:
+    """A `Registrar` that also announces on the LAN what it registers (`serval agent --lan`).
+
+    Listening on a name registers it in the registry through `inner` (the agent's
+    session) and, from the same call, makes it discoverable by the agents on the link
+    through `announcer` (its `LanAnnouncer`), so that hosts of an ad-hoc network find it
+    even when the registry is out of reach. The announcement is updated before the
+    registry call, so a registry failure (raised to the caller as before) does not
+    withhold it; closing the listener withdraws both.
+    """
+
+    def __init__(self, inner: Registrar, announcer: LanAnnouncer) -> None:
+        self.inner = inner
+        self.announcer = announcer
+        self._announced: dict[tuple[str, str], Endpoint] = {}
+
+    @property
+    def announced(self) -> tuple[Endpoint, ...]:
+        """What is announced now, in registration order."""
+        return tuple(self._announced.values())
+
+    async def put(self, instance: Instance) -> int:
+        self._announced[instance.key] = endpoint_from_instance(instance, "lan")
+        self._publish()
+        return await self.inner.put(instance)
+
+    async def remove(self, service: str, instance_id: str) -> int:
+        if self._announced.pop((service, instance_id), None) is not None:
+            self._publish()
+        return await self.inner.remove(service, instance_id)
+
+    def _publish(self) -> None:
+        try:
+            self.announcer.set_endpoints(self._announced.values())
+        except ValueError:  # one endpoint too large for a datagram: the previous set stays
+            log.warning("LAN announcement not updated: an endpoint does not fit a datagram")

@@ -4,6 +4,7 @@ surviving a registry snapshot (the real Rust table), and the `serval agent` opti
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,19 @@ import pytest
 from deploy.cli import build_parser
 from hostagent.agent.cli import config_from_args, parse_dns_name, parse_precedence
 from hostagent.agent.desired import SAL_PORT_KEY
-from hostagent.agent.discovery import DEFAULT_PRECEDENCE, ExtraSources, build_resolver, table_entries
+from hostagent.agent.discovery import (
+    DEFAULT_PRECEDENCE,
+    AnnouncingRegistrar,
+    DiscoveryConfig,
+    ExtraSources,
+    build_announcer,
+    build_resolver,
+    table_entries,
+)
 from hostagent.agent.mirror import AgentMirror
 from hostagent.sal_core.desired import DesiredTable
 from registry.api.v1 import registry_pb2 as pb
+from registry.model import Instance
 from resolver.merge import merge
 from resolver.model import Endpoint, View
 from tests.fakes.backend import snapshot_of
@@ -105,3 +115,57 @@ def test_parse_dns_name_rejects(text: str) -> None:
 def test_parse_precedence_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_precedence(text)
+
+
+class RecordingRegistrar:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.fail = fail
+
+    async def put(self, instance: Instance) -> int:
+        self.calls.append(("put", instance.service, instance.instance_id))
+        if self.fail:
+            raise RuntimeError("registry unreachable")
+        return 7
+
+    async def remove(self, service: str, instance_id: str) -> int:
+        self.calls.append(("remove", service, instance_id))
+        return 8
+
+
+class RecordingAnnouncer:
+    def __init__(self) -> None:
+        self.sets: list[list[tuple[str, str, str]]] = []
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        self.sets.append([(e.service, e.instance_id, e.metadata.get(SAL_PORT_KEY, "")) for e in endpoints])
+
+
+def listener(service: str, iid: str) -> Instance:
+    return Instance(service, iid, ("10.0.0.5",), 7946, metadata={SAL_PORT_KEY: "7946"})
+
+
+async def test_with_lan_what_the_agent_registers_is_also_announced_and_withdrawn() -> None:
+    inner, announcer = RecordingRegistrar(), RecordingAnnouncer()
+    reg = AnnouncingRegistrar(inner, announcer)  # type: ignore[arg-type]
+    assert await reg.put(listener("web.x", "a-1")) == 7
+    assert await reg.put(listener("db.x", "a-2")) == 7
+    assert announcer.sets[-1] == [("web.x", "a-1", "7946"), ("db.x", "a-2", "7946")]
+    assert await reg.remove("web.x", "a-1") == 8
+    assert announcer.sets[-1] == [("db.x", "a-2", "7946")]
+    assert [e.key for e in reg.announced] == [("db.x", "a-2")]
+    assert inner.calls == [("put", "web.x", "a-1"), ("put", "db.x", "a-2"), ("remove", "web.x", "a-1")]
+
+
+async def test_a_registry_failure_does_not_withhold_the_lan_announcement() -> None:
+    announcer = RecordingAnnouncer()
+    reg = AnnouncingRegistrar(RecordingRegistrar(fail=True), announcer)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await reg.put(listener("web.x", "a-1"))
+    assert announcer.sets == [[("web.x", "a-1", "7946")]]
+
+
+def test_the_announcer_exists_only_with_lan_and_gets_a_valid_host_id() -> None:
+    assert build_announcer(DiscoveryConfig(), "h1") is None
+    announcer = build_announcer(DiscoveryConfig(lan=True), "host with spaces/and-slashes")
+    assert announcer is not None and announcer.host == "host-with-spaces-and-slashes"
