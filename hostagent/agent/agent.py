@@ -67,7 +67,7 @@ from hostagent.agent.metrics import AgentGauges, MetricsServer
 from hostagent.agent.mirror import AgentMirror
 from hostagent.agent.reconcile import Reconciler
 from hostagent.agent.registry_link import RegistryLink
-from hostagent.agent.session import Registrar, RegistrySession
+from hostagent.agent.session import NO_REGISTRY, Registrar, RegistrySession
 from hostagent.localproto import DEFAULT_SOCKET
 from hostagent.sal_core.desired import DesiredRules, DesiredTable
 from registry import __version__
@@ -114,8 +114,13 @@ class Agent:
         self.datapath_factory = datapath_factory
         self.poller = AddressPoller(self._addresses_changed, config.address_poll, address_reader)
         # grpclib, not grpcio: ~10 MB less RSS; same failover and failure modes (`transport_grpclib`).
-        self.client = RegistryClient(list(config.registry), transport=transport_grpclib.dial)
-        self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
+        # No registry (`--registry none`): an ad-hoc network, names come from --lan / --static /
+        # --dns-name alone; listening registers nowhere but (with --lan) is announced on the link.
+        self.client: RegistryClient | None = None
+        self.session: RegistrySession | None = None
+        if config.registry:
+            self.client = RegistryClient(list(config.registry), transport=transport_grpclib.dial)
+            self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
         table = DesiredTable(config.zone, config.region)
         self.extras = ExtraSources(table)
         self.resolver = build_resolver(config.discovery)  # None: the registry alone
@@ -123,10 +128,13 @@ class Agent:
         self.announcer = build_announcer(config.discovery, config.agent_id)
         offset = config.discovery.registry_tier_offset
         self.mirror = AgentMirror(table, tier_offset=offset, on_clear=self.extras.restore)
-        self.link = RegistryLink(
-            self.client, f"agent/{config.agent_id}", self._changed, self._progress, self.mirror
-        )
-        self.host_record = HostRecord(self.session, __version__)
+        self.link: RegistryLink | None = None
+        self.host_record: HostRecord | None = None
+        if self.client is not None and self.session is not None:
+            self.link = RegistryLink(
+                self.client, f"agent/{config.agent_id}", self._changed, self._progress, self.mirror
+            )
+            self.host_record = HostRecord(self.session, __version__)
         self.metrics: MetricsServer | None = None
         self.metrics_port = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -177,16 +185,18 @@ class Agent:
         self._reconciler = Reconciler(
             dp, self._desired, cfg.debounce, ready=lambda: not self.mirror.in_snapshot
         )
-        registrar: Registrar = self.session
+        registrar: Registrar = self.session if self.session is not None else NO_REGISTRY
         if self.announcer is not None:
-            registrar = AnnouncingRegistrar(self.session, self.announcer)
+            registrar = AnnouncingRegistrar(registrar, self.announcer)
             self._spawn("lan_announcer", self.announcer.run())
         self._control = Control(dp, registrar, self._reconciler, host, self.mirror.table.knows)
         self._pump = EventPump(dp, self._control)
-        await self.host_record.publish(host)
+        if self.host_record is not None:
+            await self.host_record.publish(host)
         self._reconciler.reconcile_now()
-        self._spawn("keepalive", self.session.run())
-        self._spawn("watch", self.link.run())
+        if self.session is not None and self.link is not None:
+            self._spawn("keepalive", self.session.run())
+            self._spawn("watch", self.link.run())
         if self.resolver is not None:
             self.resolver.subscribe(self._discovery_changed)
             self._spawn("discovery", self.resolver.run())
@@ -241,11 +251,14 @@ class Agent:
             self._pump.stop()
             await asyncio.gather(*self._take("pump"), return_exceptions=True)  # ends by itself
         await self._cancel("keepalive")
-        with contextlib.suppress(Exception):
-            await self.host_record.withdraw()
-        await self.session.close()
+        if self.host_record is not None:
+            with contextlib.suppress(Exception):
+                await self.host_record.withdraw()
+        if self.session is not None:
+            await self.session.close()
         await self._cancel(*self._tasks)
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
         if self._datapath is not None:
             self._datapath.shutdown()
             await asyncio.to_thread(self._datapath.join, 2000)
@@ -307,7 +320,7 @@ class Agent:
             self.datapath.address_removed(ip)
         for ip in sorted(added):
             self.datapath.address_added(ip)
-        if removed:
+        if removed and self.client is not None:
             # The registry connection may have used a removed address: it would hang
             # until a deadline (longer than a short lease's TTL). Open a new one now.
             await self.client.reconnect()
@@ -329,7 +342,8 @@ class Agent:
         while True:
             try:
                 await self.control.set_host(host)
-                await self.host_record.publish(host)
+                if self.host_record is not None:
+                    await self.host_record.publish(host)
                 return
             except Exception as e:
                 log.warning("re-registering with addresses %s failed (%s); retrying", host.addresses, e)
@@ -341,11 +355,11 @@ class Agent:
         return AgentGauges(
             datapath_stats=dp.stats,
             applied_revision=lambda: rec.applied_revision,
-            mirror_revision=lambda: self.link.mirror_revision,
+            mirror_revision=lambda: self.mirror.revision,
             table_generation=lambda: rec.generation,
             table_rules=lambda: rec.rule_count,
             listeners=lambda: len(self.control.listeners),
-            registry_reconnects=lambda: self.link.reconnects,
+            registry_reconnects=lambda: self.link.reconnects if self.link is not None else 0,
             legacy_connections=lambda: dict(self.legacy.connections),
             legacy_failures=lambda: dict(self.legacy.failures),
         )

@@ -94,7 +94,8 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--registry",
         default=os.environ.get("SERVAL_REGISTRY", "127.0.0.1:7070"),
-        help="registry replicas host:port[,...] (default %(default)s)",
+        help="registry replicas host:port[,...] (default %(default)s), or `none` for an ad-hoc "
+        "network without a registry (names then come from --lan / --static / --dns-name)",
     )
     p.add_argument("--agent-id", default=socket.gethostname(), help="this agent's id (default: hostname)")
     p.add_argument("--zone", default="", help="the host's zone (locality preference)")
@@ -178,7 +179,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
-        registry=[t.strip() for t in args.registry.split(",") if t.strip()],
+        registry=[]
+        if args.registry.strip() == "none"
+        else [t.strip() for t in args.registry.split(",") if t.strip()],
         agent_id=args.agent_id,
         zone=args.zone,
         region=args.region,

@@ -38,6 +38,20 @@ class Registrar(Protocol):
     async def remove(self, service: str, instance_id: str) -> int: ...
 
 
+class _NoRegistry:
+    """The `Registrar` of an agent run without a registry (`serval agent --registry none`):
+    registering goes nowhere (revision 0); with `--lan` the names are still announced."""
+
+    async def put(self, instance: Instance) -> int:
+        return 0
+
+    async def remove(self, service: str, instance_id: str) -> int:
+        return 0
+
+
+NO_REGISTRY: Registrar = _NoRegistry()
+
+
 class RegistrySession:
     """A lease of `ttl_seconds`, refreshed every `keepalive_interval` seconds by `run()`."""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from deploy.lab_services import start_agent
 from deploy.netns import NetnsLab
 from tests.support.netns import MakeLab
 
@@ -66,3 +67,33 @@ def test_lan_discovery_and_expiry(netns_lab: MakeLab, tmp_path: Path) -> None:
     gone = wait_services(log, {}, timeout=10)
     assert gone - stopped < 2.0
     assert listener.running
+
+
+def test_agents_without_a_registry_find_each_other_on_the_lan(netns_lab: MakeLab, tmp_path: Path) -> None:
+    """An ad-hoc network: two agents with `--registry none --lan` and nothing else. A name an
+    app listens on at A is announced on the link; an app at B connects to it by name."""
+    lab = netns_lab(TOPOLOGY)
+    agents = {
+        host: start_agent(
+            lab,
+            host,
+            "none",
+            tmp_path / "agents",
+            extra_args=["--lan", "--lan-interface", lab.address(host, "lan")],
+        )
+        for host in ("a", "b")
+    }
+    app = [sys.executable, "-m", "tests.support.agent_apps"]
+    lab.spawn(
+        "a", [*app, "serve", "web.adhoc", "--socket", str(agents["a"].socket), "--tag", "on-a"], name="serve"
+    )
+    deadline, result = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        out = lab.run(
+            "b", [*app, "hello", "web.adhoc", "--socket", str(agents["b"].socket), "--timeout", "3"]
+        )
+        result = json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 and out.stdout else {}
+        if result.get("tags") == {"on-a": 1}:
+            break
+        time.sleep(0.5)
+    assert result.get("tags") == {"on-a": 1}, f"{result}\n{agents['b'].process.log_tail(20)}"
