@@ -87,7 +87,7 @@ def test_agents_without_a_registry_find_each_other_on_the_lan(netns_lab: MakeLab
     lab.spawn(
         "a", [*app, "serve", "web.adhoc", "--socket", str(agents["a"].socket), "--tag", "on-a"], name="serve"
     )
-    deadline, result = time.monotonic() + 30, {}
+    deadline, result = time.monotonic() + 30, dict[str, Any]()
     while time.monotonic() < deadline:
         out = lab.run(
             "b", [*app, "hello", "web.adhoc", "--socket", str(agents["b"].socket), "--timeout", "3"]
