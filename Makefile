@@ -94,6 +94,14 @@ bench-registry: dev ## Registry benchmark: throughput vs raw etcd, propagation, 
 bench-deps: ## Install missing Debian packages of the data-path benchmark (iperf3, haproxy)
 	@deploy/scripts/ensure-system-packages.sh --bench
 
+.PHONY: bench-dns-deps
+bench-dns-deps: ## Install missing Debian packages of the DNS benchmark (dnsperf, dnsmasq)
+	@deploy/scripts/ensure-system-packages.sh --dns-bench
+
+.PHONY: bench-dns
+bench-dns: dev bench-dns-deps ## DNS bridge benchmark: dnsperf QPS/loss/p99 vs dnsmasq, registration-to-answer freshness
+	$(PY) -m bench.dns $(BENCH_ARGS)
+
 .PHONY: bench-datapath
 bench-datapath: dev bench-deps ## Data-path benchmark in netns (root): iperf3 vs direct/haproxy, set-up, migration, agent RSS
 	$(PY) -m bench.datapath $(BENCH_ARGS)

@@ -3,6 +3,7 @@
     serval up                      the complete local cluster (foreground)
     serval registry ...            run a registry replica
     serval agent ...               run the host agent
+    serval dns ...                 serve the service zone over DNS
     serval register|deregister|drain|weight|resolve|list|watch|status ...
 
 `serval <command> --help` documents each command.
@@ -18,6 +19,7 @@ from deploy import local_cluster
 from hostagent.agent import cli as agent_cli
 from registry import __version__
 from registry import cli as registry_cli
+from resolver.dns_bridge import cli as dns_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     local_cluster.add_command(sub)
     registry_cli.add_commands(sub)
     agent_cli.add_command(sub)
+    dns_cli.add_command(sub)
     return parser
 
 

@@ -1,10 +1,11 @@
 """`serval up`: the complete local cluster on loopback, in the foreground.
 
 Starts, in order: a single-node etcd (data in the state folder, kept across
-runs), one registry replica; later issues add the DNS bridge, host agent and
-dashboard here. It prints where each listens, then waits. Ctrl-C (SIGINT) or
-SIGTERM stops every process it started, in reverse order, and leaves nothing
-running; if any component dies, the others are stopped and `up` exits 1.
+runs), one registry replica, the DNS bridge (`serval dns`, UDP+TCP on a loopback
+port); later issues add the host agent and dashboard here. It prints where each
+listens, then waits. Ctrl-C (SIGINT) or SIGTERM stops every process it started,
+in reverse order, and leaves nothing running; if any component dies, the others
+are stopped and `up` exits 1.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--etcd-peer-port", type=int, default=None, help="etcd peer port (default: client port + 1)"
     )
     p.add_argument("--registry-port", type=int, default=7070)
+    p.add_argument(
+        "--dns-port", type=int, default=5353, help="DNS bridge port, UDP+TCP (default %(default)s)"
+    )
     p.set_defaults(sync_handler=run_up)
 
 
@@ -46,6 +50,22 @@ def registry_serving(target: str) -> bool:
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
+
+
+def dns_serving(host: str, port: int, zone: str = "svc.serval.") -> bool:
+    """True when a DNS server on `host`:`port` answers the SOA query of `zone` over UDP."""
+    import socket
+
+    qname = b"".join(bytes([len(label)]) + label.encode() for label in zone.rstrip(".").split(".")) + b"\0"
+    query = b"\x53\x56\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname + b"\x00\x06\x00\x01"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.sendto(query, (host, port))
+            reply = sock.recv(4096)
+        except OSError:
+            return False
+    return reply[:2] == query[:2] and reply[3] & 0x0F == 0
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -77,39 +97,54 @@ def run_up(args: argparse.Namespace) -> int:
         ],
         state / "logs" / "registry.log",
     )  # fmt: skip
+    dns = ChildProcess(
+        "dns",
+        [
+            sys.executable, "-m", "deploy.cli", "dns",
+            "--registry", registry_target, "--listen", f"{args.host}:{args.dns_port}",
+        ],
+        state / "logs" / "dns.log",
+    )  # fmt: skip
     try:
         print(f"serval up: starting etcd on {etcd.endpoints[0]} (data in {state / 'etcd'})", flush=True)
         etcd.start(timeout=30)
         print(f"serval up: starting the registry on {registry_target}", flush=True)
         registry.start()
         registry.wait_until(lambda: registry_serving(registry_target), timeout=30)
-        _print_banner(etcd.endpoints[0], registry_target, state)
+        print(f"serval up: starting the DNS bridge on {args.host}:{args.dns_port} (UDP+TCP)", flush=True)
+        dns.start()
+        dns.wait_until(lambda: dns_serving(args.host, args.dns_port), timeout=30)
+        _print_banner(etcd.endpoints[0], registry_target, f"{args.host} -p {args.dns_port}", state)
         while not stop.wait(0.5):
-            if not registry.running:
-                print(f"serval up: the registry exited:\n{registry.log_tail()}", file=sys.stderr)
-                return 1
+            for child in (registry, dns):
+                if not child.running:
+                    print(f"serval up: the {child.name} exited:\n{child.log_tail()}", file=sys.stderr)
+                    return 1
         return 0
     except RuntimeError as e:
         print(f"serval up: {e}", file=sys.stderr)
         return 1
     finally:
         print("serval up: stopping", flush=True)
+        dns.stop()
         registry.stop()
         etcd.stop()
         print("serval up: stopped; nothing left running", flush=True)
 
 
-def _print_banner(etcd: str, registry: str, state: Path) -> None:
+def _print_banner(etcd: str, registry: str, dns: str, state: Path) -> None:
     print(
         f"""
 Serval local cluster is up.
   etcd      {etcd}
   registry  {registry}   (gRPC: serval.registry.v1.Registry, health, reflection)
+  dns       @{dns}   (zone svc.serval., UDP+TCP)
   logs      {state / "logs"}
 
 Try, in another terminal (with the virtual environment's bin/ on PATH):
   serval register payments.prod i-1 --address 127.0.0.1 --port 8080
   serval resolve payments.prod
+  dig @{dns} payments.prod.svc.serval SRV
   serval watch
   serval status
 

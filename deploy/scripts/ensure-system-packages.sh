@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Serval needs when they are missing.
-# Usage: ensure-system-packages.sh [--bench]
+# Usage: ensure-system-packages.sh [--bench | --dns-bench]
 #   --bench: the data-path benchmark's tools instead (iperf3, haproxy; `make bench-deps`)
+#   --dns-bench: the DNS benchmark's tools instead (dnsperf, dnsmasq; `make bench-dns-deps`)
 # Needs root (or passwordless sudo) only when something is missing.
 set -euo pipefail
 
@@ -19,8 +20,13 @@ if [ "${1:-}" = "--bench" ]; then
         [iperf3]=iperf3
         [haproxy]=haproxy
     )
+elif [ "${1:-}" = "--dns-bench" ]; then
+    NEEDED=(
+        [dnsperf]=dnsperf
+        [dnsmasq]=dnsmasq-base
+    )
 elif [ $# -gt 0 ]; then
-    echo "usage: $0 [--bench]" >&2
+    echo "usage: $0 [--bench | --dns-bench]" >&2
     exit 2
 fi
 
@@ -28,7 +34,7 @@ missing=()
 for cmd in "${!NEEDED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
 done
-if [ "${1:-}" != "--bench" ]; then
+if [ $# -eq 0 ]; then
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 

@@ -204,6 +204,10 @@ class MetricsServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
+    def body(self) -> bytes:
+        """The exposition served; a subclass serving other metrics overrides it (`serval dns`)."""
+        return render(collect(self.gauges))
+
     def _respond(self, head: bytes) -> bytes:
         method, _, rest = head.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
@@ -212,6 +216,6 @@ class MetricsServer:
         elif path not in (b"/metrics", b"/"):
             status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
         else:
-            status, ctype, body = "200 OK", CONTENT_TYPE, render(collect(self.gauges))
+            status, ctype, body = "200 OK", CONTENT_TYPE, self.body()
         fields = f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
         return f"HTTP/1.0 {status}\r\n{fields}\r\n".encode() + body

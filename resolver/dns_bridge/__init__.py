@@ -1,1 +1,1 @@
-"""DNS bridge: serves the registry to legacy clients over DNS (filled by a later issue)."""
+"""DNS bridge: authoritative DNS for the service zone, answered from the resolver's view (`README.md`)."""

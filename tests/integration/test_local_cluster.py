@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import dns.message
+import dns.query
 import psutil
 import pytest
 
@@ -30,12 +32,12 @@ def serval(*args: str, registry: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    etcd_port, peer_port, registry_port = free_ports("127.0.0.1", 3)
+    etcd_port, peer_port, registry_port, dns_port = free_ports("127.0.0.1", 4)
     up = subprocess.Popen(
         [
             sys.executable, "-m", "deploy.cli", "up", "--state-dir", str(tmp_path / "state"),
             "--etcd-port", str(etcd_port), "--etcd-peer-port", str(peer_port),
-            "--registry-port", str(registry_port),
+            "--registry-port", str(registry_port), "--dns-port", str(dns_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -63,6 +65,15 @@ def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) 
         assert res.returncode == 0, res.stderr
         assert [i["instance_id"] for i in json.loads(res.stdout)["instances"]] == ["w-1"]
         assert int(revision) > 0
+        assert f"dig @127.0.0.1 -p {dns_port} payments.prod.svc.serval SRV" in banner
+        answer: list[str] = []
+        deadline = time.monotonic() + 10
+        while not answer and time.monotonic() < deadline:  # the bridge follows the registry
+            q = dns.message.make_query("web.local.svc.serval.", "A")
+            r = dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+            answer = [rd.to_text() for rrset in r.answer for rd in rrset]
+            time.sleep(0.05)
+        assert answer == ["127.0.0.1"]
         status = serval("status", "--json", registry=registry)
         assert json.loads(status.stdout)["replica_id"] == "local-1"
         bad = serval(
