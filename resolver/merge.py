@@ -55,44 +55,111 @@ def ranks(sources: Iterable[str], precedence: Mapping[str, int]) -> dict[str, in
     return {s: precedence.get(s, after) for s in sources}
 
 
+Clashes = dict[tuple[str, str], list[Endpoint]]
+Memo = dict[tuple[str, str], tuple[tuple[Endpoint, ...], int, tuple[Endpoint, ...], Clashes]]
+"""`merge`'s optional cache: (source, service) → (the back-end's endpoints tuple, its
+precedence, the merged tuple made from it, the instance-id clashes found in it)."""
+
+
 def merge(
     snapshots: Iterable[Snapshot],
     precedence: Mapping[str, int],
     *,
     revision: int = 0,
     built_at: float = 0.0,
+    memo: Memo | None = None,
 ) -> View:
-    """The merged view of `snapshots` (one per back-end; see the module docstring). Pure."""
+    """The merged view of `snapshots` (one per back-end; see the module docstring). Pure,
+    but for `memo`: given one, a service that one back-end alone knows and whose endpoints
+    tuple is the very object of the previous call is not rebuilt (back-ends keep the tuples
+    of unchanged services), so a rebuild after one change costs dictionary look-ups, not a
+    copy of every endpoint; `memo` then holds this call's entries only. Same result either way.
+    """
     snaps = list(snapshots)
     rank = ranks((s.source for s in snaps), precedence)
     snaps.sort(key=lambda s: (rank[s.source], s.source))
-    chosen: dict[str, dict[str, Endpoint]] = {}
-    known_by: dict[str, list[str]] = {}
-    clashes: dict[tuple[str, str], list[Endpoint]] = {}
+    if len(snaps) == 1 and rank[snaps[0].source] == 0:
+        # One back-end first in precedence: its snapshot is the view (its endpoints already
+        # carry their source and tiers 0..15, by the `Backend` contract). O(1): a DNS bridge
+        # fed by the registry alone stays as fresh as the registry's stream.
+        only = snaps[0]
+        if memo is not None:
+            memo.clear()
+        return View(
+            revision=revision,
+            services=only.services,
+            source_revisions={only.source: only.revision},
+            errors={only.source: only.error} if only.error else {},
+            built_at=built_at,
+        )
+    known_by: dict[str, list[Snapshot]] = {}
     for snap in snaps:
-        for service, endpoints in snap.services.items():
-            known_by.setdefault(service, []).append(snap.source)
-            kept = chosen.setdefault(service, {})
-            for e in endpoints:
-                e = replace(e, source=snap.source, tier=effective_tier(rank[snap.source], e.tier))
-                first = kept.setdefault(e.instance_id, e)
-                if first is not e:
-                    clashes.setdefault(e.key, [first]).append(e)
+        for service in snap.services:
+            known_by.setdefault(service, []).append(snap)
+    services: dict[str, tuple[Endpoint, ...]] = {}
+    clashes: Clashes = {}
+    new_memo: Memo = {}
+    for service in sorted(known_by):
+        holders = known_by[service]
+        if len(holders) == 1:
+            snap = holders[0]
+            key, given, r = (snap.source, service), snap.services[service], rank[snap.source]
+            cached = memo.get(key) if memo is not None else None
+            if cached is not None and cached[0] is given and cached[1] == r:
+                merged, own = cached[2], cached[3]
+            else:
+                own = {}
+                merged = _merged(_adjusted(snap, service, r), own)
+            new_memo[key] = (given, r, merged, own)
+            clashes.update(own)
+            services[service] = merged
+        else:
+            services[service] = _merged(
+                [e for snap in holders for e in _adjusted(snap, service, rank[snap.source])], clashes
+            )
+    if memo is not None:
+        memo.clear()
+        memo.update(new_memo)
     conflicts = [
-        Conflict(service, "", tuple(sources), f"known to {len(sources)} back-ends: {', '.join(sources)}")
-        for service, sources in sorted(known_by.items())
+        Conflict(service, "", sources, f"known to {len(sources)} back-ends: {', '.join(sources)}")
+        for service, sources in ((s, tuple(h.source for h in hs)) for s, hs in known_by.items())
         if len(sources) > 1
     ]
     conflicts.extend(_instance_conflict(es) for _, es in sorted(clashes.items()) if _differ(es))
     conflicts.sort(key=lambda c: (c.service, c.instance_id))
     return View(
         revision=revision,
-        services={s: tuple(sorted(kept.values(), key=_order)) for s, kept in sorted(chosen.items())},
+        services=services,
         source_revisions={s.source: s.revision for s in snaps},
         conflicts=tuple(conflicts),
         errors={s.source: s.error for s in snaps if s.error},
         built_at=built_at,
     )
+
+
+def _adjusted(snap: Snapshot, service: str, rank: int) -> list[Endpoint]:
+    """`snap`'s endpoints of `service` with their source and effective tier (copied only when
+    they differ: the registry at precedence 0 needs no copy)."""
+    out = []
+    for e in snap.services[service]:
+        tier = effective_tier(rank, e.tier)
+        out.append(
+            e if e.source == snap.source and e.tier == tier else replace(e, source=snap.source, tier=tier)
+        )
+    return out
+
+
+def _merged(
+    endpoints: list[Endpoint], clashes: dict[tuple[str, str], list[Endpoint]]
+) -> tuple[Endpoint, ...]:
+    """One endpoint per instance id (the first, i.e. the highest-precedence one; later ones
+    with the same id are recorded in `clashes`), ordered by (tier, instance id)."""
+    kept: dict[str, Endpoint] = {}
+    for e in endpoints:
+        first = kept.setdefault(e.instance_id, e)
+        if first is not e:
+            clashes.setdefault(e.key, [first]).append(e)
+    return tuple(sorted(kept.values(), key=_order))
 
 
 def _order(e: Endpoint) -> tuple[int, str]:
@@ -139,6 +206,7 @@ class Resolver:
         self.debounce = debounce
         self._clock = clock
         self._view = EMPTY_VIEW
+        self._memo: Memo = {}
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
 
@@ -155,6 +223,7 @@ class Resolver:
             self.precedence,
             revision=self._view.revision + 1,
             built_at=self._clock(),
+            memo=self._memo,
         )
         for listener in list(self._listeners):
             try:

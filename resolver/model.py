@@ -72,7 +72,10 @@ Listener = Callable[[], None]
 
 
 class Backend(Protocol):
-    """A source of services. `run()` follows the source until cancelled (it handles its own
+    """A source of services. Its snapshots' endpoints carry `source` = `name` and tiers
+    0..TIERS_PER_SOURCE-1, are sorted by (tier, instance_id) within a service and have
+    unique instance ids there; a service's tuple is the same object while it does not
+    change (the merge relies on all of this). `run()` follows the source until cancelled (it handles its own
     retries and reports problems in `snapshot().error`; it raises only on a configuration
     error it cannot start with); `snapshot()` is cheap and never blocks; `subscribe` adds a
     listener called (on the event loop) after every change of the snapshot."""

@@ -147,9 +147,16 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="NAME=IP:PORT",
         help="register NAME for the unmodified local TCP server at IP:PORT (repeatable)",
     )
-    extra = p.add_argument_group(
-        "other discovery back-ends (their SAL-capable endpoints join the table; all off by default)"
+    add_discovery_arguments(
+        p.add_argument_group(
+            "other discovery back-ends (their SAL-capable endpoints join the table; all off by default)"
+        )
     )
+    p.set_defaults(handler=run_agent)
+
+
+def add_discovery_arguments(extra: argparse._ArgumentGroup) -> None:
+    """The options of the discovery back-ends beside the registry (`serval agent`, `serval dns`)."""
     extra.add_argument("--static", type=Path, default=None, metavar="FILE", help="services of a TOML file")
     extra.add_argument("--static-interval", type=float, default=2.0, help="seconds between checks of FILE")
     extra.add_argument("--lan", action="store_true", help="hear LAN multicast announcements")
@@ -174,7 +181,21 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="SOURCE=N,...",
         help="0 = preferred (default registry=0,static=1,dns=2,lan=3)",
     )
-    p.set_defaults(handler=run_agent)
+
+
+def discovery_from_args(args: argparse.Namespace) -> DiscoveryConfig:
+    """The `DiscoveryConfig` of `add_discovery_arguments`' options."""
+    return DiscoveryConfig(
+        static_file=args.static,
+        static_interval=args.static_interval,
+        lan=args.lan,
+        lan_group=args.lan_group,
+        lan_port=args.lan_port,
+        lan_interface=args.lan_interface,
+        dns_names=tuple(args.dns_name),
+        dns_servers=tuple(args.dns_server),
+        precedence=args.precedence,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -197,17 +218,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         legacy=LegacyConfig(
             socks_listen=args.socks_listen, upstreams=tuple(args.upstream), exposes=tuple(args.expose)
         ),
-        discovery=DiscoveryConfig(
-            static_file=args.static,
-            static_interval=args.static_interval,
-            lan=args.lan,
-            lan_group=args.lan_group,
-            lan_port=args.lan_port,
-            lan_interface=args.lan_interface,
-            dns_names=tuple(args.dns_name),
-            dns_servers=tuple(args.dns_server),
-            precedence=args.precedence,
-        ),
+        discovery=discovery_from_args(args),
     )
 
 

@@ -74,6 +74,12 @@ def build_resolver(config: DiscoveryConfig) -> Resolver | None:
     """The resolver over the configured extra back-ends, or None when there is none.
     Raises ValueError on a configuration it cannot start with (e.g. DNS names without
     a server). dnspython is imported only when DNS names are configured."""
+    backends = extra_backends(config)
+    return Resolver(backends, config.precedence) if backends else None
+
+
+def extra_backends(config: DiscoveryConfig) -> list[Backend]:
+    """The configured back-ends beside the registry (static, LAN, DNS), in that order."""
     backends: list[Backend] = []
     if config.static_file is not None:
         backends.append(StaticBackend(config.static_file, interval=config.static_interval))
@@ -86,7 +92,7 @@ def build_resolver(config: DiscoveryConfig) -> Resolver | None:
 
         dns_names = [DnsName(name, port) for name, port in config.dns_names]
         backends.append(DnsBackend(dns_names, list(config.dns_servers)))
-    return Resolver(backends, config.precedence) if backends else None
+    return backends
 
 
 def table_entries(view: View) -> dict[tuple[str, str], TableEntry]:

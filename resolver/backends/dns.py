@@ -101,7 +101,7 @@ def endpoints_from_srv(
             tier=tiers[r.priority],
             source=source,
         )
-    return tuple(out[i] for i in sorted(out))
+    return tuple(sorted(out.values(), key=lambda e: (e.tier, e.instance_id)))
 
 
 def endpoints_from_addresses(

@@ -98,7 +98,7 @@ class RegistryView:
     def _refresh(self, service: str) -> None:
         endpoints = self._by_service.get(service)
         if endpoints:
-            self.services[service] = tuple(endpoints[i] for i in sorted(endpoints))
+            self.services[service] = tuple(sorted(endpoints.values(), key=lambda e: (e.tier, e.instance_id)))
         else:
             self._by_service.pop(service, None)
             self.services.pop(service, None)
@@ -151,6 +151,6 @@ class RegistryBackend:
         view = RegistryView(self.name)
         async for msg in client.watch(subscriber_id=self._subscriber_id, suffix=self._suffix):
             if view.apply(msg):
-                self._state.publish(view.services)
+                self._state.publish(view.services, revision=view.mirror.revision)
             elif not view.mirror.in_snapshot and self._state.snapshot().error:
                 self._state.set_error("")

@@ -29,12 +29,17 @@ class Published:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def publish(self, services: Mapping[str, tuple[Endpoint, ...]], error: str = "") -> bool:
-        """Make `services` (with `error`) the snapshot; True (and listeners called) if it changed."""
+    def publish(
+        self, services: Mapping[str, tuple[Endpoint, ...]], error: str = "", revision: int | None = None
+    ) -> bool:
+        """Make `services` (with `error`) the snapshot; True (and listeners called) if it changed.
+        `revision` is the source's own revision when it has one (the registry's; it must grow),
+        else the snapshot's revision is bumped by one."""
         old = self._snapshot
         if old.error == error and old.services == services:
             return False
-        self._snapshot = Snapshot(old.source, old.revision + 1, dict(services), error)
+        new_revision = max(old.revision + 1, revision or 0)
+        self._snapshot = Snapshot(old.source, new_revision, dict(services), error)
         self._notify()
         return True
 
@@ -51,8 +56,8 @@ class Published:
 
 
 def group(endpoints: list[Endpoint]) -> dict[str, tuple[Endpoint, ...]]:
-    """Endpoints by service, each service's sorted by instance id (deterministic snapshots)."""
+    """Endpoints by service, each service's sorted by (tier, instance id) (the `Backend` contract)."""
     out: dict[str, list[Endpoint]] = {}
     for e in endpoints:
         out.setdefault(e.service, []).append(e)
-    return {s: tuple(sorted(es, key=lambda e: e.instance_id)) for s, es in sorted(out.items())}
+    return {s: tuple(sorted(es, key=lambda e: (e.tier, e.instance_id))) for s, es in sorted(out.items())}

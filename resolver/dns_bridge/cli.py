@@ -13,6 +13,8 @@ import contextlib
 import os
 import sys
 
+from hostagent.agent.cli import add_discovery_arguments  # argparse only: the agent's parser is built anyway
+
 DEFAULT_ZONE = "svc.serval."  # resolver.dns_bridge.zone.DEFAULT_ZONE (not imported: see above)
 
 
@@ -32,14 +34,24 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--rate-limit", type=float, default=1000.0, help="queries/s per client prefix; 0 = off")
     p.add_argument("--forwarder", default="", help="host:port to forward names outside the zone to")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off by default)")
+    add_discovery_arguments(
+        p.add_argument_group("other discovery back-ends, merged with the registry's (all off by default)")
+    )
     p.set_defaults(sync_handler=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from hostagent.agent.cli import discovery_from_args
+    from hostagent.agent.discovery import extra_backends
     from resolver.dns_bridge.server import config_from_args, serve
 
+    if args.dns_name and not args.dns_server:
+        print("serval dns: --dns-name needs --dns-server", file=sys.stderr)
+        return 2
     try:
         config = config_from_args(args)
+        discovery = discovery_from_args(args)
+        extras = extra_backends(discovery)
     except ValueError as e:
         print(f"serval dns: {e}", file=sys.stderr)
         return 2
@@ -50,5 +62,5 @@ def run_command(args: argparse.Namespace) -> int:
         uvloop = None  # type: ignore[assignment]
     runner = uvloop.run if uvloop is not None else asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(config, targets))
+        runner(serve(config, targets, extras, discovery.precedence))
     return 0

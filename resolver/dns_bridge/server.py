@@ -14,14 +14,15 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from hostagent.agent.metrics import Family, MetricsServer, render
 from resolver.dns_bridge.bridge import FORWARD, Bridge, BridgeConfig
-from resolver.dns_bridge.feed import RegistryFeed, ViewSource
+from resolver.dns_bridge.feed import ViewSource
 from resolver.dns_bridge.wire import error_reply
 from resolver.dns_bridge.zone import SERVFAIL, ZoneConfig, normalize_zone
+from resolver.model import Backend
 
 log = logging.getLogger(__name__)
 TCP_IDLE = 10.0
@@ -263,12 +264,21 @@ def config_from_args(args: argparse.Namespace) -> DnsConfig:
     return DnsConfig(bridge, args.listen, args.forwarder, args.metrics_port)
 
 
-async def serve(config: DnsConfig, targets: list[str]) -> None:
-    from registry.api.client import RegistryClient
+async def serve(
+    config: DnsConfig,
+    targets: list[str],
+    extras: Sequence[Backend] = (),
+    precedence: Mapping[str, int] | None = None,
+) -> None:
+    """Serve the merged view of the registry at `targets` and the `extras` back-ends until
+    cancelled (`precedence`: back-end name → rank, 0 first; default: the registry, then
+    `extras` in order)."""
+    from resolver.backends.registry import RegistryBackend
+    from resolver.merge import Resolver
 
-    client = RegistryClient(targets)
-    feed = RegistryFeed(client)
-    server = DnsServer(config, feed)
+    registry = RegistryBackend(targets, subscriber_id="dns-bridge")
+    resolver = Resolver([registry, *extras], precedence, debounce=0.002)
+    server = DnsServer(config, resolver)
     port = await server.start()
     host, _ = split_hostport(config.listen)
     zone = config.bridge.zone.zone
@@ -279,7 +289,6 @@ async def serve(config: DnsConfig, targets: list[str]) -> None:
         flush=True,
     )
     try:
-        await feed.run()
+        await resolver.run()
     finally:
         await server.stop()
-        await client.close()

@@ -248,6 +248,7 @@ def _txt(zone: Zone, service: str, qname: str, now: float) -> Record:
         f"service={service}",
         f"service-id={service_id_hex(service)}",
         f"revision={view.revision}",
+        *(f"{source}-revision={rev}" for source, rev in sorted(view.source_revisions.items())),
         f"age={age:.3f}",
     )
     return Record(qname, TXT, zone.config.ttl, strings)

@@ -8,16 +8,19 @@ only waits to be cancelled.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from resolver.model import Endpoint, Listener, Snapshot
 
 
 def snapshot_of(source: str, *endpoints: Endpoint, revision: int = 1, error: str = "") -> Snapshot:
-    """A snapshot holding `endpoints`, grouped by service in the given order."""
+    """A snapshot holding `endpoints` as a back-end would (the `Backend` contract): grouped
+    by service, each with `source` set and sorted by (tier, instance id)."""
     services: dict[str, tuple[Endpoint, ...]] = {}
     for e in endpoints:
-        services[e.service] = (*services.get(e.service, ()), e)
-    return Snapshot(source, revision, services, error)
+        services[e.service] = (*services.get(e.service, ()), replace(e, source=source))
+    ordered = {s: tuple(sorted(es, key=lambda e: (e.tier, e.instance_id))) for s, es in services.items()}
+    return Snapshot(source, revision, ordered, error)
 
 
 class FakeBackend:

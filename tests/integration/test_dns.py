@@ -24,10 +24,11 @@ import pytest
 from registry.api.client import RegistryClient
 from registry.api.server import Replica, ReplicaConfig
 from registry.model import Instance
+from resolver.backends.registry import RegistryBackend
 from resolver.dns_bridge.bridge import BridgeConfig
-from resolver.dns_bridge.feed import RegistryFeed
 from resolver.dns_bridge.server import DnsConfig, DnsServer
 from resolver.dns_bridge.zone import ZoneConfig
+from resolver.merge import Resolver
 
 pytestmark = pytest.mark.integration
 ZONE = "svc.serval."
@@ -37,7 +38,7 @@ ZONE = "svc.serval."
 class Env:
     client: RegistryClient
     server: DnsServer
-    feed: RegistryFeed
+    feed: Resolver
 
     @property
     def port(self) -> int:
@@ -59,7 +60,7 @@ class Env:
         revision = 0
         for i in instances:
             revision = int((await self.client.register(i)).revision)
-        await self.until(lambda: self.feed.view().revision >= revision)
+        await self.until(lambda: self.feed.view().source_revisions.get("registry", 0) >= revision)
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ async def env(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[Env]:
     port = await replica.start()
     await replica.wait_ready(15)
     client = RegistryClient([f"127.0.0.1:{port}"], timeout=5)
-    feed = RegistryFeed(client)
+    feed = Resolver([RegistryBackend([f"127.0.0.1:{port}"], subscriber_id="dns-bridge")], debounce=0.002)
     config = DnsConfig(BridgeConfig(zone=ZoneConfig(max_answers=100)), listen="127.0.0.1:0")
     server = DnsServer(config, feed)
     await server.start()
@@ -161,7 +162,7 @@ async def test_registration_visible_then_drained_gone(env: Env) -> None:
     await env.register(inst("o2", "orders.prod", addresses=("10.0.1.2",)))
     assert rdatas(await env.ask(name, "A")) == ["10.0.1.1", "10.0.1.2"]
     resp = await env.client.drain("orders.prod", "o1")
-    await env.until(lambda: env.feed.view().revision >= resp.revision)
+    await env.until(lambda: env.feed.view().source_revisions.get("registry", 0) >= resp.revision)
     assert rdatas(await env.ask(name, "A")) == ["10.0.1.2"]
     assert (await env.ask(f"o1.orders.prod.{ZONE}", "A")).rcode() == dns.rcode.NXDOMAIN
     assert [r.target.to_text() for r in (await env.ask(name, "SRV")).answer[0]] == [f"o2.orders.prod.{ZONE}"]

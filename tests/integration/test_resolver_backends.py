@@ -139,10 +139,13 @@ async def test_registry_backend_follows_the_registry(registry_target: str) -> No
             )  # fmt: skip
 
             await client.register(Instance("pay.prod", "i2", ("10.0.0.2",), 8080), lease_id=session.lease_id)
-            await wait_for(backend, lambda s: ids(s, "pay.prod") == ["i1", "i2"])
+            # (tier, instance id) order: i2 is tier 0, i1 tier 2
+            await wait_for(backend, lambda s: ids(s, "pay.prod") == ["i2", "i1"])
 
             await client.drain("pay.prod", "i1")
-            await wait_for(backend, lambda s: s.services["pay.prod"][0].weight == 0)
+            await wait_for(
+                backend, lambda s: [e.weight for e in s.services["pay.prod"] if e.instance_id == "i1"] == [0]
+            )
 
             await client.deregister("pay.prod", "i1")
             await wait_for(backend, lambda s: ids(s, "pay.prod") == ["i2"])
