@@ -217,7 +217,9 @@ class Resolver:
         self._listeners.append(listener)
 
     def rebuild(self) -> View:
-        """Merge the back-ends' current snapshots into a new view now, and notify."""
+        """Merge the back-ends' current snapshots into a new view now, and notify. Conflicts
+        that appear (or clear) are logged once, as warnings: reported, never hidden."""
+        before = set(self._view.conflicts)
         self._view = merge(
             (b.snapshot() for b in self.backends),
             self.precedence,
@@ -225,6 +227,13 @@ class Resolver:
             built_at=self._clock(),
             memo=self._memo,
         )
+        after = set(self._view.conflicts)
+        for c in sorted(after - before, key=lambda c: (c.service, c.instance_id)):
+            log.warning(
+                "conflict: %s%s: %s", c.service, f"/{c.instance_id}" if c.instance_id else "", c.detail
+            )
+        for c in sorted(before - after, key=lambda c: (c.service, c.instance_id)):
+            log.info("conflict resolved: %s%s", c.service, f"/{c.instance_id}" if c.instance_id else "")
         for listener in list(self._listeners):
             try:
                 listener()

@@ -131,3 +131,24 @@ async def test_resolver_rebuilds_debounced_and_notifies() -> None:
 def test_resolver_rejects_duplicate_names() -> None:
     with pytest.raises(ValueError, match="unique"):
         Resolver([FakeBackend("a"), FakeBackend("a")])
+
+
+def test_the_resolver_logs_a_conflict_once_when_it_appears_and_when_it_clears(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry, static = FakeBackend("registry"), FakeBackend("static")
+    resolver = Resolver([registry, static])
+    registry.set(ep("web", "1", addr="10.0.0.1"))
+    static.set(ep("web", "1", addr="10.9.9.9"))
+    with caplog.at_level("INFO", logger="resolver.merge"):
+        resolver.rebuild()
+        resolver.rebuild()  # unchanged: not logged again
+        static.set()
+        resolver.rebuild()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2  # the service-level and the instance-level conflict, once each
+    assert any("web/1" in w and "10.9.9.9" in w for w in warnings)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "INFO"] == [
+        "conflict resolved: web",
+        "conflict resolved: web/1",
+    ]
