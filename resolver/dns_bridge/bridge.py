@@ -72,13 +72,18 @@ class RateLimiter:
 
 
 def client_prefix(host: str) -> str:
-    """The rate-limited unit of a source address: the IPv4 address or the IPv6 /64."""
+    """The rate-limited unit of a source address: the IPv4 address or the IPv6 /64. An
+    IPv4-mapped IPv6 address (a dual-stack socket's IPv4 client) counts as its IPv4
+    address: as a /64, every IPv4 client would share one bucket."""
     if ":" not in host:
         return host
     try:
-        return str(ipaddress.IPv6Network((host.split("%")[0], 64), strict=False))
+        address = ipaddress.IPv6Address(host.split("%")[0])
     except ValueError:
         return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 FORWARD = b""  # `handle`'s answer for a query to pass to the forwarder

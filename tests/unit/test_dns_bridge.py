@@ -13,7 +13,7 @@ import dns.rdatatype
 import pytest
 
 from resolver.dns_bridge import zone as z
-from resolver.dns_bridge.bridge import Bridge, BridgeConfig, RateLimiter
+from resolver.dns_bridge.bridge import Bridge, BridgeConfig, RateLimiter, client_prefix
 from resolver.dns_bridge.zone import Zone, ZoneConfig, lookup
 from resolver.model import Endpoint, View
 
@@ -214,6 +214,23 @@ def test_rate_limiter() -> None:
     b = bridge(rate_limit=1.0, rate_burst=1.0)
     q = dns.message.make_query("payments.prod.svc.serval.", "A")
     assert ask(b, q) is not None and ask(b, q) is None and b.counters.rate_limited == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "unit"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),  # same /64: one bucket
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # dual-stack socket: the IPv4 client itself
+        ("::ffff:198.51.100.1", "198.51.100.1"),  # ... not one bucket for all of IPv4
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_rate_limited_unit_of_a_source_address(source: str, unit: str) -> None:
+    assert client_prefix(source) == unit
 
 
 def test_names_too_long_for_dns_are_left_out() -> None:
