@@ -362,6 +362,7 @@ class Agent:
             registry_reconnects=lambda: self.link.reconnects if self.link is not None else 0,
             legacy_connections=lambda: dict(self.legacy.connections),
             legacy_failures=lambda: dict(self.legacy.failures),
+            discovery=lambda: self.resolver.view() if self.resolver is not None else None,
         )
 
 

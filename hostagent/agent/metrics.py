@@ -35,6 +35,9 @@ compares the bytes with `generate_latest`'s and parses them with
 | `serval_agent_registry_reconnects_total` | counter | watch resumptions |
 | `serval_agent_legacy_connections_total{kind}` | counter | translator: accepted (`socks`/`upstream`) |
 | `serval_agent_legacy_failures_total{kind,reason}` | counter | of those, failed (see below) |
+| `serval_agent_discovery_endpoints{source}` | gauge | endpoints from each extra back-end (`--static` ...) |
+| `serval_agent_discovery_error{source}` | gauge | 1 while it reports an error (last good state kept) |
+| `serval_agent_discovery_conflicts` | gauge | conflicts between those back-ends (each is also logged) |
 
 Legacy failure reasons: `handshake` (SOCKS5 refused or abandoned), `connect`
 (no flow could be set up), `overload` (too many connections pending).
@@ -49,6 +52,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hostagent.agent.datapath import GAUGE_KEYS, STATS_KEYS
+from resolver.model import View
 
 NAMESPACE = "serval_agent"
 LEGACY_KINDS = ("socks", "upstream")
@@ -71,6 +75,8 @@ class AgentGauges:
     registry_reconnects: Callable[[], int]
     legacy_connections: Callable[[], Mapping[str, int]] = field(default=dict)
     legacy_failures: Callable[[], Mapping[tuple[str, str], int]] = field(default=dict)
+    # The other discovery back-ends' merged view (`--static`/`--lan`/`--dns-name`), if any.
+    discovery: Callable[[], View | None] = field(default=lambda: None)
 
 
 Labels = tuple[tuple[str, str], ...]
@@ -120,6 +126,25 @@ def collect(g: AgentGauges) -> Iterator[Family]:
             failed.samples.append((labels, failures.get((kind, reason), 0)))
     yield total
     yield failed
+    view = g.discovery()
+    if view is not None:
+        yield from _discovery(view)
+
+
+def _discovery(view: View) -> Iterator[Family]:
+    """Per back-end: endpoints in the merged view, whether it reports an error; conflicts."""
+    endpoints = Family(f"{NAMESPACE}_discovery_endpoints", "gauge", "Endpoints from a discovery back-end", [])
+    errors = Family(f"{NAMESPACE}_discovery_error", "gauge", "1 if the back-end reports an error", [])
+    counts = dict.fromkeys(view.source_revisions, 0)
+    for eps in view.services.values():
+        for e in eps:
+            counts[e.source] = counts.get(e.source, 0) + 1
+    for source in sorted(counts):
+        endpoints.samples.append(((("source", source),), counts[source]))
+        errors.samples.append(((("source", source),), 1 if view.errors.get(source) else 0))
+    yield endpoints
+    yield errors
+    yield _gauge("discovery_conflicts", "Conflicts between discovery back-ends", len(view.conflicts))
 
 
 def render(families: Iterator[Family] | Sequence[Family]) -> bytes:

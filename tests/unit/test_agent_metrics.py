@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -10,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 
 from hostagent.agent.metrics import CONTENT_TYPE, AgentGauges, Family, MetricsServer, collect, render
+from resolver.model import Conflict, Endpoint, View
 
 
 def gauges(value: int) -> AgentGauges:
@@ -66,6 +68,30 @@ def test_every_family_parses_with_its_type() -> None:
     assert types["serval_agent_flows_active"] == "gauge"
     assert types["serval_agent_bytes_in"] == "counter"
     assert types["serval_agent_legacy_failures"] == "counter"
+
+
+def test_discovery_back_ends_are_exported_per_source_when_configured() -> None:
+    assert not any("discovery" in f.name for f in collect(gauges(1)))  # registry alone: none
+    ep = Endpoint("web.x", "1", ("10.0.0.1",), 80, source="static")
+    view = View(
+        revision=3,
+        services={"web.x": (ep, replace(ep, instance_id="2"), replace(ep, source="lan", tier=48))},
+        source_revisions={"static": 2, "lan": 5, "dns": 1},
+        conflicts=(Conflict("web.x", "", ("static", "lan"), "known to 2 back-ends"),),
+        errors={"dns": "SERVFAIL"},
+    )
+    families = list(collect(replace(gauges(1), discovery=lambda: view)))
+    samples = {f.name: f.samples for f in families}
+    assert samples["serval_agent_discovery_endpoints"] == [
+        ((("source", "dns"),), 0),
+        ((("source", "lan"),), 1),
+        ((("source", "static"),), 2),
+    ]
+    assert [v for _, v in samples["serval_agent_discovery_error"]] == [1, 0, 0]
+    assert samples["serval_agent_discovery_conflicts"] == [((), 1)]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Reference(families))  # type: ignore[arg-type]
+    assert render(families) == generate_latest(registry)
 
 
 async def http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
