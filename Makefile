@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUST_SRC := $(shell find hostagent/sal_core/src -name '*.rs') hostagent/sal_core/Cargo.toml Cargo.lock
 PROTO   := registry/api/v1/registry.proto
-PY_PACKAGES := registry resolver hostagent deploy tests bench
+PY_PACKAGES := registry resolver hostagent deploy dashboard tests bench
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -17,7 +17,7 @@ help: ## List the targets with what they do
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: system-deps
-system-deps: ## Install missing Debian packages (etcd-server, etcd-client, iproute2, dnsmasq-base)
+system-deps: ## Install missing Debian packages (etcd-server, etcd-client, iproute2, dnsmasq-base, chromium)
 	@deploy/scripts/ensure-system-packages.sh
 
 $(PY):
@@ -89,6 +89,10 @@ test: dev lint typecheck proto-check test-rust ## The whole suite: set-up, lint,
 .PHONY: bench-registry
 bench-registry: dev ## Registry benchmark: throughput vs raw etcd, propagation, memory (table + JSON)
 	$(PY) -m bench.registry $(BENCH_ARGS)
+
+.PHONY: bench-dashboard
+bench-dashboard: dev ## Dashboard benchmark: page/API server time at 10k services / 100k instances, registration → SSE
+	$(PY) -m bench.dashboard $(BENCH_ARGS)
 
 .PHONY: bench-deps
 bench-deps: ## Install missing Debian packages of the data-path benchmark (iperf3, haproxy)

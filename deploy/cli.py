@@ -4,6 +4,7 @@
     serval registry ...            run a registry replica
     serval agent ...               run the host agent
     serval dns ...                 serve the service zone over DNS
+    serval dashboard ...           serve the ops dashboard (web, REST API)
     serval register|deregister|drain|weight|resolve|list|watch|status ...
 
 `serval <command> --help` documents each command.
@@ -15,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dashboard import cli as dashboard_cli
 from deploy import local_cluster
 from hostagent.agent import cli as agent_cli
 from registry import __version__
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.add_commands(sub)
     agent_cli.add_command(sub)
     dns_cli.add_command(sub)
+    dashboard_cli.add_command(sub)
     return parser
 
 

@@ -2,8 +2,10 @@
 
 Starts, in order: a single-node etcd (data in the state folder, kept across
 runs), one registry replica, the DNS bridge (`serval dns`, UDP+TCP on a loopback
-port); later issues add the host agent and dashboard here. It prints where each
-listens, then waits. Ctrl-C (SIGINT) or SIGTERM stops every process it started,
+port) and the ops dashboard (`serval dashboard`, HTTP on a loopback port, with a
+fresh random admin token written to `<state>/dashboard-tokens`, mode 0600); later
+issues add the host agent here. It prints where each listens and the dashboard's
+admin token, then waits. Ctrl-C (SIGINT) or SIGTERM stops every process it started,
 in reverse order, and leaves nothing running; if any component dies, the others
 are stopped and `up` exits 1.
 """
@@ -36,6 +38,9 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--dns-port", type=int, default=5353, help="DNS bridge port, UDP+TCP (default %(default)s)"
     )
+    p.add_argument(
+        "--dashboard-port", type=int, default=8080, help="dashboard HTTP port (default %(default)s)"
+    )
     p.set_defaults(sync_handler=run_up)
 
 
@@ -66,6 +71,20 @@ def dns_serving(host: str, port: int, zone: str = "svc.serval.") -> bool:
         except OSError:
             return False
     return reply[:2] == query[:2] and reply[3] & 0x0F == 0
+
+
+def http_serving(url: str) -> bool:
+    """True when `url` answers an HTTP GET with any status (the server is listening)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -105,6 +124,20 @@ def run_up(args: argparse.Namespace) -> int:
         ],
         state / "logs" / "dns.log",
     )  # fmt: skip
+    from dashboard.auth import write_admin_token
+
+    token_file = state / "dashboard-tokens"
+    admin_token = write_admin_token(token_file)
+    dashboard_url = f"http://{args.host}:{args.dashboard_port}"
+    dashboard = ChildProcess(
+        "dashboard",
+        [
+            sys.executable, "-m", "deploy.cli", "dashboard",
+            "--registry", registry_target, "--listen", f"{args.host}:{args.dashboard_port}",
+            "--token-file", str(token_file), "--audit-file", str(state / "logs" / "dashboard-audit.jsonl"),
+        ],
+        state / "logs" / "dashboard.log",
+    )  # fmt: skip
     try:
         print(f"serval up: starting etcd on {etcd.endpoints[0]} (data in {state / 'etcd'})", flush=True)
         etcd.start(timeout=30)
@@ -114,9 +147,15 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"serval up: starting the DNS bridge on {args.host}:{args.dns_port} (UDP+TCP)", flush=True)
         dns.start()
         dns.wait_until(lambda: dns_serving(args.host, args.dns_port), timeout=30)
-        _print_banner(etcd.endpoints[0], registry_target, f"{args.host} -p {args.dns_port}", state)
+        print(f"serval up: starting the dashboard on {dashboard_url}", flush=True)
+        dashboard.start()
+        dashboard.wait_until(lambda: http_serving(f"{dashboard_url}/healthz"), timeout=30)
+        dns_at = f"{args.host} -p {args.dns_port}"
+        _print_banner(
+            etcd.endpoints[0], registry_target, dns_at, state, dashboard_url, admin_token, token_file
+        )
         while not stop.wait(0.5):
-            for child in (registry, dns):
+            for child in (registry, dns, dashboard):
                 if not child.running:
                     print(f"serval up: the {child.name} exited:\n{child.log_tail()}", file=sys.stderr)
                     return 1
@@ -126,19 +165,24 @@ def run_up(args: argparse.Namespace) -> int:
         return 1
     finally:
         print("serval up: stopping", flush=True)
+        dashboard.stop()
         dns.stop()
         registry.stop()
         etcd.stop()
         print("serval up: stopped; nothing left running", flush=True)
 
 
-def _print_banner(etcd: str, registry: str, dns: str, state: Path) -> None:
+def _print_banner(
+    etcd: str, registry: str, dns: str, state: Path, dashboard: str, token: str, token_file: Path
+) -> None:
     print(
         f"""
 Serval local cluster is up.
   etcd      {etcd}
   registry  {registry}   (gRPC: serval.registry.v1.Registry, health, reflection)
   dns       @{dns}   (zone svc.serval., UDP+TCP)
+  dashboard {dashboard}   (log in with the admin token; API docs at {dashboard}/docs)
+            admin token: {token}   (also in {token_file}, mode 0600)
   logs      {state / "logs"}
 
 Try, in another terminal (with the virtual environment's bin/ on PATH):

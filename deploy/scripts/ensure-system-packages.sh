@@ -14,6 +14,9 @@ declare -A NEEDED=(
     # the resolver's DNS back-end tests serve records from it (the -base package:
     # the binary without a system service)
     [dnsmasq]=dnsmasq-base
+    # the dashboard's browser tests drive it headless through playwright (never a
+    # downloaded browser build)
+    [chromium]=chromium
 )
 if [ "${1:-}" = "--bench" ]; then
     NEEDED=(

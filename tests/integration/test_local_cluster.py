@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import dns.message
@@ -32,12 +33,13 @@ def serval(*args: str, registry: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    etcd_port, peer_port, registry_port, dns_port = free_ports("127.0.0.1", 4)
+    etcd_port, peer_port, registry_port, dns_port, dash_port = free_ports("127.0.0.1", 5)
     up = subprocess.Popen(
         [
             sys.executable, "-m", "deploy.cli", "up", "--state-dir", str(tmp_path / "state"),
             "--etcd-port", str(etcd_port), "--etcd-peer-port", str(peer_port),
             "--registry-port", str(registry_port), "--dns-port", str(dns_port),
+            "--dashboard-port", str(dash_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -76,6 +78,21 @@ def test_serval_up_runs_the_cluster_and_ctrl_c_stops_everything(tmp_path: Path) 
         assert answer == ["127.0.0.1"]
         status = serval("status", "--json", registry=registry)
         assert json.loads(status.stdout)["replica_id"] == "local-1"
+        token_file = tmp_path / "state" / "dashboard-tokens"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().split(":", 2)[2].strip()
+        assert f"http://127.0.0.1:{dash_port}" in banner and f"admin token: {token}" in banner
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{dash_port}/api/v1/services?q=web",
+            headers={"authorization": f"Bearer {token}"},
+        )
+        deadline = time.monotonic() + 10
+        names: list[str] = []
+        while not names and time.monotonic() < deadline:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                names = [s["name"] for s in json.loads(resp.read())["services"]]
+            time.sleep(0.05)
+        assert names == ["web.local"]
         bad = serval(
             "register", "bad_name", "w-1", "-a", "127.0.0.1", "-p", "80", "--detach", registry=registry
         )
