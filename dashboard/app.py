@@ -22,9 +22,9 @@ from dashboard.auth import Auth
 from dashboard.feed import Feed
 from dashboard.model import Model
 from dashboard.state import DashboardConfig, State
-from hostagent.agent.metrics import CONTENT_TYPE
 from registry import __version__
 from registry.api.client import RegistryClient
+from registry.exposition import CONTENT_TYPE
 
 STATIC = Path(__file__).parent / "static"
 

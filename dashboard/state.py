@@ -13,8 +13,8 @@ from typing import Any
 from dashboard.auth import Auth, Principal
 from dashboard.feed import Feed
 from dashboard.model import Model
-from hostagent.agent.metrics import Family, render
 from registry.api.client import RegistryClient
+from registry.exposition import Family, render
 
 audit_log = logging.getLogger("serval.dashboard.audit")
 

@@ -47,12 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostagent.agent import metrics as agent_metrics
 from hostagent.agent.control import Control
 from hostagent.agent.datapath import DatapathConfig, DatapathPort, open_datapath
 from hostagent.agent.desired import AGENTS_SERVICE
 from hostagent.agent.discovery import (
     AnnouncingRegistrar,
-    DiscoveryConfig,
     ExtraSources,
     build_announcer,
     build_resolver,
@@ -73,6 +73,7 @@ from hostagent.sal_core.desired import DesiredRules, DesiredTable
 from registry import __version__
 from registry.api import transport_grpclib
 from registry.api.client import RegistryClient
+from resolver.sources import DiscoveryConfig
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class Agent:
         self._legacy = LegacyAccess(self._control, cfg.legacy)
         await self._legacy.start()
         if cfg.metrics_port is not None:
-            self.metrics = MetricsServer(self._gauges(), cfg.metrics_addr, cfg.metrics_port)
+            self.metrics = agent_metrics.serve(self._gauges(), cfg.metrics_addr, cfg.metrics_port)
             self.metrics_port = await self.metrics.start()
         log.info("agent %s up: SAL %s, socket %s", cfg.agent_id, dp.sal_addresses(), cfg.socket_path)
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from hostagent.agent.agent import Agent, AgentConfig
 from hostagent.agent.datapath import DatapathUnavailable
-from hostagent.agent.discovery import DEFAULT_PRECEDENCE, DiscoveryConfig
 from hostagent.agent.events import Endpoint
 from hostagent.agent.legacy import LegacyConfig
 from hostagent.localproto import DEFAULT_SOCKET, SOCKET_ENV
 from registry import names
-from resolver.backends import lan
+from resolver.sources import add_discovery_arguments, discovery_from_args
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -55,30 +54,6 @@ def parse_expose(text: str) -> tuple[str, Endpoint]:
     if port == 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the exposed server needs a port")
     return _service_name(name), (ip, port)
-
-
-def parse_dns_name(text: str) -> tuple[str, int | None]:
-    """``NAME`` (SRV) or ``NAME=PORT`` (A/AAAA with that port); `argparse.ArgumentTypeError` otherwise."""
-    name, sep, port = text.partition("=")
-    if not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME[=PORT]")
-    if not sep:
-        return name, None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 1..65535")
-    return name, int(port)
-
-
-def parse_precedence(text: str) -> dict[str, int]:
-    """``registry=0,static=1,...`` over the defaults; `argparse.ArgumentTypeError` otherwise."""
-    out = dict(DEFAULT_PRECEDENCE)
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, rank = part.partition("=")
-        if not sep or name not in DEFAULT_PRECEDENCE or not rank.isdigit() or int(rank) > 15:
-            known = ", ".join(DEFAULT_PRECEDENCE)
-            raise argparse.ArgumentTypeError(f"{part!r} is not SOURCE=0..15 (sources: {known})")
-        out[name] = int(rank)
-    return out
 
 
 def _service_name(name: str) -> str:
@@ -153,49 +128,6 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         )
     )
     p.set_defaults(handler=run_agent)
-
-
-def add_discovery_arguments(extra: argparse._ArgumentGroup) -> None:
-    """The options of the discovery back-ends beside the registry (`serval agent`, `serval dns`)."""
-    extra.add_argument("--static", type=Path, default=None, metavar="FILE", help="services of a TOML file")
-    extra.add_argument("--static-interval", type=float, default=2.0, help="seconds between checks of FILE")
-    extra.add_argument("--lan", action="store_true", help="hear LAN multicast announcements")
-    extra.add_argument("--lan-group", default=lan.DEFAULT_GROUP, help="(default %(default)s)")
-    extra.add_argument("--lan-port", type=int, default=lan.DEFAULT_PORT, help="(default %(default)s)")
-    extra.add_argument("--lan-interface", default="0.0.0.0", help="an address of the LAN interface")
-    extra.add_argument(
-        "--dns-name",
-        type=parse_dns_name,
-        action="append",
-        default=[],
-        metavar="NAME[=PORT]",
-        help="follow NAME in DNS: SRV, or A/AAAA with PORT (repeatable; needs --dns-server)",
-    )
-    extra.add_argument(
-        "--dns-server", action="append", default=[], metavar="IP[:PORT]", help="nameserver (repeatable)"
-    )
-    extra.add_argument(
-        "--precedence",
-        type=parse_precedence,
-        default=dict(DEFAULT_PRECEDENCE),
-        metavar="SOURCE=N,...",
-        help="0 = preferred (default registry=0,static=1,dns=2,lan=3)",
-    )
-
-
-def discovery_from_args(args: argparse.Namespace) -> DiscoveryConfig:
-    """The `DiscoveryConfig` of `add_discovery_arguments`' options."""
-    return DiscoveryConfig(
-        static_file=args.static,
-        static_interval=args.static_interval,
-        lan=args.lan,
-        lan_group=args.lan_group,
-        lan_port=args.lan_port,
-        lan_interface=args.lan_interface,
-        dns_names=tuple(args.dns_name),
-        dns_servers=tuple(args.dns_server),
-        precedence=args.precedence,
-    )
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

@@ -23,51 +23,23 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from hostagent.agent.desired import SAL_PORT_KEY, parse_sal_port
 from hostagent.agent.session import Registrar
 from hostagent.sal_core.desired import DesiredTable
 from registry.model import Instance
-from resolver.backends.lan import DEFAULT_GROUP, DEFAULT_PORT, LanAnnouncer, LanBackend
+from resolver.backends.lan import LanAnnouncer
 from resolver.backends.registry import endpoint_from_instance
-from resolver.backends.static import DEFAULT_INTERVAL, StaticBackend
 from resolver.merge import Resolver
-from resolver.model import TIERS_PER_SOURCE, Backend, Endpoint, View
+from resolver.model import Endpoint, View
+from resolver.sources import DiscoveryConfig, extra_backends
 
 log = logging.getLogger(__name__)
 
 SOURCE_SEP = "/"
-DEFAULT_PRECEDENCE = {"registry": 0, "static": 1, "dns": 2, "lan": 3}
 
 # (addresses, sal_port, weight, tier, zone, region): the arguments of `DesiredTable.put`
 TableEntry = tuple[tuple[str, ...], int, int, int, str, str]
-
-
-@dataclass(frozen=True)
-class DiscoveryConfig:
-    """Which extra back-ends the agent runs; all off by default. `dns_names` holds
-    ``(name, port or None)`` (None: SRV)."""
-
-    static_file: Path | None = None
-    static_interval: float = DEFAULT_INTERVAL
-    lan: bool = False
-    lan_group: str = DEFAULT_GROUP
-    lan_port: int = DEFAULT_PORT
-    lan_interface: str = "0.0.0.0"
-    dns_names: tuple[tuple[str, int | None], ...] = ()
-    dns_servers: tuple[str, ...] = ()
-    precedence: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PRECEDENCE))
-
-    @property
-    def enabled(self) -> bool:
-        return self.static_file is not None or self.lan or bool(self.dns_names)
-
-    @property
-    def registry_tier_offset(self) -> int:
-        return self.precedence.get("registry", 0) * TIERS_PER_SOURCE
 
 
 def build_resolver(config: DiscoveryConfig) -> Resolver | None:
@@ -76,23 +48,6 @@ def build_resolver(config: DiscoveryConfig) -> Resolver | None:
     a server). dnspython is imported only when DNS names are configured."""
     backends = extra_backends(config)
     return Resolver(backends, config.precedence) if backends else None
-
-
-def extra_backends(config: DiscoveryConfig) -> list[Backend]:
-    """The configured back-ends beside the registry (static, LAN, DNS), in that order."""
-    backends: list[Backend] = []
-    if config.static_file is not None:
-        backends.append(StaticBackend(config.static_file, interval=config.static_interval))
-    if config.lan:
-        backends.append(
-            LanBackend(group=config.lan_group, port=config.lan_port, interface=config.lan_interface)
-        )
-    if config.dns_names:
-        from resolver.backends.dns import DnsBackend, DnsName
-
-        dns_names = [DnsName(name, port) for name, port in config.dns_names]
-        backends.append(DnsBackend(dns_names, list(config.dns_servers)))
-    return backends
 
 
 def table_entries(view: View) -> dict[tuple[str, str], TableEntry]:

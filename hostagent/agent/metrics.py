@@ -6,12 +6,10 @@ is served on the agent's event loop (`MetricsServer`, a minimal HTTP/1.0
 endpoint on asyncio), so the values are read between two loop steps: a
 scrape may see values a moment apart, never torn ones.
 
-The exposition is the Prometheus text format 0.0.4, written here
-(`render`) as `prometheus_client.generate_latest` writes it — the
-`prometheus_client` package, its HTTP server and `http.server` cost the agent
-~4.5 MB of RSS for two metric types (`tests/unit/test_agent_metrics.py`
-compares the bytes with `generate_latest`'s and parses them with
-`prometheus_client`'s parser; `prometheus-client` is a dev dependency only).
+The exposition is written by `registry.exposition` (`render`, `MetricsServer`:
+the `prometheus_client` package, its HTTP server and `http.server` would cost
+the agent ~4.5 MB of RSS for two metric types); `serve(gauges, ...)` is the
+agent's endpoint.
 
 | metric | type | source |
 |---|---|---|
@@ -45,13 +43,11 @@ Legacy failure reasons: `handshake` (SOCKS5 refused or abandoned), `connect`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from hostagent.agent.datapath import GAUGE_KEYS, STATS_KEYS
+from registry.exposition import CONTENT_TYPE, Family, MetricsServer, render
 from resolver.model import View
 
 NAMESPACE = "serval_agent"
@@ -59,7 +55,6 @@ LEGACY_KINDS = ("socks", "upstream")
 LEGACY_FAILURES = ("handshake", "connect", "overload")
 # Every data-path counter but the gauges (`flows_active`, `dgram_flows_active`).
 _DATAPATH_COUNTERS = tuple(key for key in STATS_KEYS if key not in GAUGE_KEYS)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass
@@ -77,19 +72,6 @@ class AgentGauges:
     legacy_failures: Callable[[], Mapping[tuple[str, str], int]] = field(default=dict)
     # The other discovery back-ends' merged view (`--static`/`--lan`/`--dns-name`), if any.
     discovery: Callable[[], View | None] = field(default=lambda: None)
-
-
-Labels = tuple[tuple[str, str], ...]
-
-
-@dataclass
-class Family:
-    """One metric family: `name` is the exposed name (counters end in `_total`)."""
-
-    name: str
-    kind: str  # "counter" or "gauge"
-    doc: str
-    samples: list[tuple[Labels, float]] = field(default_factory=list)
 
 
 def _gauge(name: str, doc: str, value: float) -> Family:
@@ -147,100 +129,9 @@ def _discovery(view: View) -> Iterator[Family]:
     yield _gauge("discovery_conflicts", "Conflicts between discovery back-ends", len(view.conflicts))
 
 
-def render(families: Iterator[Family] | Sequence[Family]) -> bytes:
-    """The Prometheus text format (0.0.4), as `prometheus_client.generate_latest` writes it."""
-    out: list[str] = []
-    for f in families:
-        doc = f.doc.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.kind}\n")
-        for labels, value in f.samples:
-            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels))
-            out.append(
-                f"{f.name}{{{pairs}}} {_go_float(value)}\n" if pairs else f"{f.name} {_go_float(value)}\n"
-            )
-    return "".join(out).encode()
+def serve(gauges: AgentGauges, addr: str = "127.0.0.1", port: int = 0) -> MetricsServer:
+    """The agent's `/metrics` endpoint (not started): `collect(gauges)` read at each scrape."""
+    return MetricsServer(lambda: render(collect(gauges)), addr, port)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _go_float(value: float) -> str:
-    """Go's float formatting, as Prometheus clients write sample values."""
-    d = float(value)
-    if math.isinf(d):
-        return "+Inf" if d > 0 else "-Inf"
-    if math.isnan(d):
-        return "NaN"
-    s = repr(d)
-    dot = s.find(".")
-    if d > 0 and dot > 6:  # Go switches to an exponent sooner than Python
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return s
-
-
-class MetricsServer:
-    """`GET /metrics` on `(addr, port)` (port 0 = any), served on the running event loop.
-
-    HTTP/1.0-style: one request per connection, then close. Any other path is
-    404, any other method 405; a request head over 8 KiB or slower than 5 s
-    is dropped. `stop()` closes the socket and cancels scrapes in progress.
-    """
-
-    HEAD_LIMIT = 8192
-    HEAD_TIMEOUT = 5.0
-
-    def __init__(self, gauges: AgentGauges, addr: str = "127.0.0.1", port: int = 0) -> None:
-        self.gauges = gauges
-        self.addr = addr
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._scrapes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        """Listen; return the bound port."""
-        self._server = await asyncio.start_server(self._serve, self.addr, self.port, limit=self.HEAD_LIMIT)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self.port
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for task in list(self._scrapes):
-            task.cancel()
-        await asyncio.gather(*self._scrapes, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._scrapes.add(task)
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.HEAD_TIMEOUT)
-            writer.write(self._respond(head))
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._scrapes.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    def body(self) -> bytes:
-        """The exposition served; a subclass serving other metrics overrides it (`serval dns`)."""
-        return render(collect(self.gauges))
-
-    def _respond(self, head: bytes) -> bytes:
-        method, _, rest = head.partition(b" ")
-        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-        if method != b"GET":
-            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-        elif path not in (b"/metrics", b"/"):
-            status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-        else:
-            status, ctype, body = "200 OK", CONTENT_TYPE, self.body()
-        fields = f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
-        return f"HTTP/1.0 {status}\r\n{fields}\r\n".encode() + body
+__all__ = ["CONTENT_TYPE", "AgentGauges", "Family", "MetricsServer", "collect", "render", "serve"]

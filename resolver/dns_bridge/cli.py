@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 
-from hostagent.agent.cli import add_discovery_arguments  # argparse only: the agent's parser is built anyway
+from resolver.sources import add_discovery_arguments, discovery_from_args, extra_backends
 
 DEFAULT_ZONE = "svc.serval."  # resolver.dns_bridge.zone.DEFAULT_ZONE (not imported: see above)
 
@@ -41,8 +41,6 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from hostagent.agent.cli import discovery_from_args
-    from hostagent.agent.discovery import extra_backends
     from resolver.dns_bridge.server import config_from_args, serve
 
     if args.dns_name and not args.dns_server:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from hostagent.agent.metrics import Family, MetricsServer, render
+from registry.exposition import Family, MetricsServer, render
 from resolver.dns_bridge.bridge import FORWARD, Bridge, BridgeConfig
 from resolver.dns_bridge.feed import ViewSource
 from resolver.dns_bridge.wire import error_reply
@@ -107,7 +107,7 @@ class DnsServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._metrics: _Metrics | None = None
+        self._metrics: MetricsServer | None = None
         self.bridge.set_view(source.view())
         source.subscribe(lambda: self.bridge.set_view(source.view()))
 
@@ -130,7 +130,7 @@ class DnsServer:
         else:
             raise OSError(f"no port free for both UDP and TCP on {host}")
         if self.config.metrics_port is not None:
-            self._metrics = _Metrics(self, host, self.config.metrics_port)
+            self._metrics = MetricsServer(lambda: render(collect(self)), host, self.config.metrics_port)
             await self._metrics.start()
         return self.port
 
@@ -238,15 +238,6 @@ def collect(server: DnsServer) -> Iterator[Family]:
         "Revision of the view served",
         [((), server.bridge.view.revision)],
     )
-
-
-class _Metrics(MetricsServer):
-    def __init__(self, server: DnsServer, addr: str, port: int) -> None:
-        super().__init__(gauges=None, addr=addr, port=port)  # type: ignore[arg-type]
-        self.server = server
-
-    def body(self) -> bytes:
-        return render(collect(self.server))
 
 
 def config_from_args(args: argparse.Namespace) -> DnsConfig:

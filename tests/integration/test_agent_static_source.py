@@ -13,13 +13,13 @@ import pytest
 from hostagent.agent.agent import Agent, AgentConfig
 from hostagent.agent.datapath import DatapathConfig
 from hostagent.agent.desired import ADDRESS_RANKS, LOCALITY_RANKS, SAL_PORT_KEY
-from hostagent.agent.discovery import DiscoveryConfig
 from hostagent.sal_core.table import RuleKind, Target
 from registry import names
 from registry.api.client import RegistryClient
 from registry.api.server import Replica, ReplicaConfig
 from registry.model import Instance
 from resolver.model import TIERS_PER_SOURCE
+from resolver.sources import DiscoveryConfig
 from tests.fakes.datapath import FakeDatapath
 from tests.support.agent import eventually
 

@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import build_parser
-from hostagent.agent.cli import config_from_args, parse_dns_name, parse_precedence
+from hostagent.agent.cli import config_from_args
 from hostagent.agent.desired import SAL_PORT_KEY
 from hostagent.agent.discovery import (
-    DEFAULT_PRECEDENCE,
     AnnouncingRegistrar,
-    DiscoveryConfig,
     ExtraSources,
     build_announcer,
     build_resolver,
@@ -27,6 +25,7 @@ from registry.api.v1 import registry_pb2 as pb
 from registry.model import Instance
 from resolver.merge import merge
 from resolver.model import Endpoint, View
+from resolver.sources import DEFAULT_PRECEDENCE, DiscoveryConfig, parse_dns_name, parse_precedence
 from tests.fakes.backend import snapshot_of
 
 

@@ -110,7 +110,7 @@ async def test_server_serves_metrics_reads_at_scrape_time_and_refuses_the_rest()
     value = [1]
     g = gauges(0)
     g.applied_revision = lambda: value[-1]
-    server = MetricsServer(g, "127.0.0.1", 0)
+    server = MetricsServer(lambda: render(collect(g)), "127.0.0.1", 0)
     port = await server.start()
     try:
         value.append(99)
