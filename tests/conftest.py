@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest_plugins = ["tests.support.etcd", "tests.support.netns"]
+pytest_plugins = ["tests.support.etcd", "tests.support.netns", "tests.support.replica"]
 
 
 @pytest.fixture(autouse=True)

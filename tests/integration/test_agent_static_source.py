@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,7 +15,6 @@ from hostagent.agent.desired import ADDRESS_RANKS, LOCALITY_RANKS, SAL_PORT_KEY
 from hostagent.sal_core.table import RuleKind, Target
 from registry import names
 from registry.api.client import RegistryClient
-from registry.api.server import Replica, ReplicaConfig
 from registry.model import Instance
 from resolver.model import TIERS_PER_SOURCE
 from resolver.sources import DiscoveryConfig
@@ -45,24 +43,12 @@ metadata = {{ "serval.sal_port" = "7946" }}
 
 
 @pytest.fixture
-async def registry(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[tuple[str, RegistryClient]]:
-    config = ReplicaConfig(
-        etcd_endpoints=list(etcd_single.endpoints),
-        listen="127.0.0.1:0",
-        prefix=etcd_prefix,
-        replica_id="r1",
-        progress_interval=0.5,
-        etcd_timeout=3.0,
-    )
-    replica = Replica(config)
-    port = await replica.start()
-    await replica.wait_ready(15)
-    registry_client = RegistryClient([f"127.0.0.1:{port}"], timeout=5)
+async def registry(registry_target: str) -> AsyncIterator[tuple[str, RegistryClient]]:
+    registry_client = RegistryClient([registry_target], timeout=5)
     try:
-        yield f"127.0.0.1:{port}", registry_client
+        yield registry_target, registry_client
     finally:
         await registry_client.close()
-        await replica.stop(grace=0.2)
 
 
 def forward(fake: FakeDatapath, name: str) -> tuple[Target, ...] | None:

@@ -22,7 +22,6 @@ import dns.rdatatype
 import pytest
 
 from registry.api.client import RegistryClient
-from registry.api.server import Replica, ReplicaConfig
 from registry.model import Instance
 from resolver.backends.registry import RegistryBackend
 from resolver.dns_bridge.bridge import BridgeConfig
@@ -64,21 +63,9 @@ class Env:
 
 
 @pytest.fixture
-async def env(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[Env]:
-    replica = Replica(
-        ReplicaConfig(
-            etcd_endpoints=list(etcd_single.endpoints),
-            listen="127.0.0.1:0",
-            prefix=etcd_prefix,
-            replica_id="r1",
-            progress_interval=0.5,
-            etcd_timeout=3.0,
-        )
-    )
-    port = await replica.start()
-    await replica.wait_ready(15)
-    client = RegistryClient([f"127.0.0.1:{port}"], timeout=5)
-    feed = Resolver([RegistryBackend([f"127.0.0.1:{port}"], subscriber_id="dns-bridge")], debounce=0.002)
+async def env(registry_target: str) -> AsyncIterator[Env]:
+    client = RegistryClient([registry_target], timeout=5)
+    feed = Resolver([RegistryBackend([registry_target], subscriber_id="dns-bridge")], debounce=0.002)
     config = DnsConfig(BridgeConfig(zone=ZoneConfig(max_answers=100)), listen="127.0.0.1:0")
     server = DnsServer(config, feed)
     await server.start()
@@ -90,7 +77,6 @@ async def env(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[Env]:
         await asyncio.gather(task, return_exceptions=True)
         await server.stop()
         await client.close()
-        await replica.stop(grace=0.2)
 
 
 def inst(iid: str, service: str = "payments.prod", **kw: Any) -> Instance:

@@ -13,7 +13,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import dns.exception
 import dns.message
@@ -21,7 +20,6 @@ import dns.query
 import pytest
 
 from registry.api.client import RegistryClient
-from registry.api.server import Replica, ReplicaConfig
 from registry.model import Instance
 from resolver.backends.dns import DnsBackend, DnsName
 from resolver.backends.registry import RegistryBackend
@@ -103,25 +101,6 @@ async def test_static_reload_and_broken_file_keeps_last_good(tmp_path: Path) -> 
 
 
 # ---- registry ----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def registry_target(etcd_single: Any, etcd_prefix: str) -> AsyncIterator[str]:
-    config = ReplicaConfig(
-        etcd_endpoints=list(etcd_single.endpoints),
-        listen="127.0.0.1:0",
-        prefix=etcd_prefix,
-        replica_id="r1",
-        progress_interval=0.5,
-        etcd_timeout=3.0,
-    )
-    replica = Replica(config)
-    port = await replica.start()
-    await replica.wait_ready(15)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await replica.stop(grace=0.2)
 
 
 async def test_registry_backend_follows_the_registry(registry_target: str) -> None:
