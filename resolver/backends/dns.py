@@ -40,8 +40,8 @@ import dns.resolver
 
 from registry import names
 from registry.model import MAX_TIER, MAX_WEIGHT
-from resolver.backends.state import Published, group
-from resolver.model import Endpoint, Listener, Snapshot
+from resolver.backends.state import Published, PublishingBackend, group
+from resolver.model import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class _Answer:
     expires: float  # loop time after which the answer may no longer be used
 
 
-class DnsBackend:
+class DnsBackend(PublishingBackend):
     """Follows `names` at `servers` (a `Backend`). `timeout`: per query attempt."""
 
     def __init__(
@@ -177,12 +177,6 @@ class DnsBackend:
         self._answers: dict[DnsName, _Answer] = {}
         self._errors: dict[DnsName, str] = {}
         self._state = Published(name)
-
-    def snapshot(self) -> Snapshot:
-        return self._state.snapshot()
-
-    def subscribe(self, listener: Listener) -> None:
-        self._state.subscribe(listener)
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()

@@ -55,8 +55,8 @@ from resolver.backends.lan_wire import (
     encode_bye,
     encode_query,
 )
-from resolver.backends.state import Published
-from resolver.model import Endpoint, Listener, Snapshot
+from resolver.backends.state import Published, PublishingBackend
+from resolver.model import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ async def _open(
     return transport
 
 
-class LanBackend:
+class LanBackend(PublishingBackend):
     """Listens on the group and keeps what other hosts announce (a `Backend`).
 
     `stats` counts datagrams: received, malformed, oversized, unsupported, expired
@@ -134,12 +134,6 @@ class LanBackend:
         self._clock = clock
         self._state = Published(name)
         self._wake = asyncio.Event()
-
-    def snapshot(self) -> Snapshot:
-        return self._state.snapshot()
-
-    def subscribe(self, listener: Listener) -> None:
-        self._state.subscribe(listener)
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()

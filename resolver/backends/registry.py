@@ -27,8 +27,8 @@ from registry.api.client import Mirror, RegistryClient, dial_grpcio
 from registry.api.rpc import Dial, RpcError
 from registry.api.v1 import registry_pb2 as pb
 from registry.model import Instance
-from resolver.backends.state import Published
-from resolver.model import Endpoint, Listener, Snapshot
+from resolver.backends.state import Published, PublishingBackend
+from resolver.model import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class RegistryView:
             self.services.pop(service, None)
 
 
-class RegistryBackend:
+class RegistryBackend(PublishingBackend):
     """Follows the registry at `targets` ("host:port"); `name` is the source name."""
 
     def __init__(
@@ -126,12 +126,6 @@ class RegistryBackend:
         self._transport = transport
         self._retry_delay = retry_delay
         self._state = Published(name)
-
-    def snapshot(self) -> Snapshot:
-        return self._state.snapshot()
-
-    def subscribe(self, listener: Listener) -> None:
-        self._state.subscribe(listener)
 
     async def run(self) -> None:
         client = RegistryClient(self._targets, transport=self._transport)

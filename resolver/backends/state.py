@@ -55,6 +55,19 @@ class Published:
                 log.exception("resolver listener failed")
 
 
+class PublishingBackend:
+    """Base of the back-ends: `snapshot()` and `subscribe()` (the `Backend` protocol's
+    read side) come from the `Published` state a subclass keeps in `_state`."""
+
+    _state: Published
+
+    def snapshot(self) -> Snapshot:
+        return self._state.snapshot()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._state.subscribe(listener)
+
+
 def group(endpoints: list[Endpoint]) -> dict[str, tuple[Endpoint, ...]]:
     """Endpoints by service, each service's sorted by (tier, instance id) (the `Backend` contract)."""
     out: dict[str, list[Endpoint]] = {}

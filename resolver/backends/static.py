@@ -40,8 +40,8 @@ from registry import names
 from registry.errors import InvalidArgument
 from registry.model import Instance, validate_instance
 from resolver.backends.registry import endpoint_from_instance
-from resolver.backends.state import Published, group
-from resolver.model import Endpoint, Listener, Snapshot
+from resolver.backends.state import Published, PublishingBackend, group
+from resolver.model import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
 FileStamp = tuple[int, int, int]  # (mtime_ns, size, inode)
 
 
-class StaticBackend:
+class StaticBackend(PublishingBackend):
     """Serves the services of the TOML file at `path`, polled every `interval` seconds."""
 
     def __init__(
@@ -167,12 +167,6 @@ class StaticBackend:
         self._state = Published(name)
         self._stamp: FileStamp | None = None
         self._logged_error = ""
-
-    def snapshot(self) -> Snapshot:
-        return self._state.snapshot()
-
-    def subscribe(self, listener: Listener) -> None:
-        self._state.subscribe(listener)
 
     async def run(self) -> None:
         while True:
