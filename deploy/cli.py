@@ -1,6 +1,7 @@
 """The `serval` command: one entry point for every component and tool.
 
     serval up                      the complete local cluster (foreground)
+    serval testbed up|down|status  the multi-host test bed in network namespaces (root)
     serval registry ...            run a registry replica
     serval agent ...               run the host agent
     serval dns ...                 serve the service zone over DNS
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from dashboard import cli as dashboard_cli
-from deploy import local_cluster
+from deploy import local_cluster, testbed_cli
 from hostagent.agent import cli as agent_cli
 from registry import __version__
 from registry import cli as registry_cli
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"serval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local_cluster.add_command(sub)
+    testbed_cli.add_command(sub)
     registry_cli.add_commands(sub)
     agent_cli.add_command(sub)
     dns_cli.add_command(sub)

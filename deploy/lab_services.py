@@ -6,7 +6,9 @@ returns what a client needs to reach it. Waits are bounded and probe from inside
 the lab (never from the root namespace); a process that does not come up raises
 `LabServiceError` with the tail of its log.
 
-Used by the end-to-end tests; the test bed command builds on the same calls.
+Used by the data-path benchmark (`bench/datapath.py`). The end-to-end tests and
+``serval testbed`` use the test bed instead (`deploy.testbed`: the same processes,
+planned as stages and started in parallel within a stage).
 """
 
 from __future__ import annotations

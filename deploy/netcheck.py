@@ -6,6 +6,12 @@
                                                  accepts a connection (and echoes, with --echo)
                                                  within S seconds; else print why and exit 1
     grpc-health TARGET [--wait S]                exit 0 once a gRPC server reports SERVING
+    http URL [--contains TEXT] [--wait S]        exit 0 once GET URL answers 200 (with TEXT in the body)
+    dns-soa SERVER [--zone Z] [--wait S]         exit 0 once the DNS server ``host:port`` answers
+                                                 the SOA of zone Z (default svc.serval.) over UDP
+    dns QNAME --server SERVER [--type A]         one UDP query; print the answer's records as JSON
+
+A `connect` target may also be ``unix:PATH`` (a Unix stream socket).
 
 `deploy.netns.NetnsLab` runs these with ``ip netns exec`` so that every packet
 stays inside the lab: the root namespace never talks to the lab's networks.
@@ -14,11 +20,13 @@ stays inside the lab: the root namespace never talks to the lab's networks.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import selectors
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 PAYLOAD = b"serval-netcheck\n"
 
@@ -50,11 +58,25 @@ def probe(host: str, port: int, timeout: float, echo: bool) -> str | None:
     return None
 
 
+def probe_unix(path: str, timeout: float) -> str | None:
+    """One attempt to connect to the Unix stream socket `path`: None on success, else the reason."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def connect(targets: Sequence[str], wait: float, timeout: float, echo: bool) -> int:
     deadline = time.monotonic() + wait
     for target in targets:
-        host, port = parse_target(target)
-        while (why := probe(host, port, timeout, echo)) is not None:
+        if target.startswith("unix:"):
+            attempt = functools.partial(probe_unix, target.removeprefix("unix:"), timeout)
+        else:
+            attempt = functools.partial(probe, *parse_target(target), timeout, echo)
+        while (why := attempt()) is not None:
             if time.monotonic() >= deadline:
                 print(f"netcheck: {target}: {why}", file=sys.stderr)
                 return 1
@@ -111,6 +133,60 @@ def grpc_health(target: str, wait: float) -> int:
     return 0
 
 
+def retry(check: Callable[[], str | None], what: str, wait: float) -> int:
+    """Call `check` (None = success, else the reason) until it succeeds or `wait` s have passed."""
+    deadline = time.monotonic() + wait
+    while (why := check()) is not None:
+        if time.monotonic() >= deadline:
+            print(f"netcheck: {what}: {why}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    return 0
+
+
+def http_check(url: str, contains: str) -> str | None:
+    """One GET: None if it answers 200 (with `contains` in the body), else the reason."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = response.read().decode(errors="replace")
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return None if contains in body else f"no {contains!r} in {body[:200]!r}"
+
+
+def dns_query(server: str, qname: str, qtype: str, timeout: float = 1.0) -> list[dict[str, object]]:
+    """One UDP query to `server` (``host:port``); the answer section as JSON-friendly dicts.
+
+    Raises OSError if nothing answers in time, ValueError if the answer's rcode is not NOERROR.
+    """
+    import dnslib
+
+    host, port = parse_target(server)
+    query = dnslib.DNSRecord.question(qname, qtype)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query.pack(), (host, port))
+        reply = dnslib.DNSRecord.parse(sock.recv(65535))
+    if reply.header.id != query.header.id or reply.header.rcode != dnslib.RCODE.NOERROR:
+        raise ValueError(f"rcode {dnslib.RCODE.get(reply.header.rcode)}")
+    return [
+        {"name": str(rr.rname), "type": dnslib.QTYPE.get(rr.rtype), "ttl": rr.ttl, "data": str(rr.rdata)}
+        for rr in reply.rr
+    ]
+
+
+def soa_check(server: str, zone: str) -> str | None:
+    """None if `server` answers the SOA query of `zone` with an SOA record, else the reason."""
+    try:
+        records = dns_query(server, zone, "SOA")
+    except (OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None if any(r["type"] == "SOA" for r in records) else f"no SOA in {records}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.netcheck", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,7 +202,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("grpc-health")
     p.add_argument("target")
     p.add_argument("--wait", type=float, default=0.0)
+    p = sub.add_parser("http")
+    p.add_argument("url")
+    p.add_argument("--contains", default="", help="text the body must contain")
+    p.add_argument("--wait", type=float, default=0.0)
+    p = sub.add_parser("dns-soa")
+    p.add_argument("server")
+    p.add_argument("--zone", default="svc.serval.")
+    p.add_argument("--wait", type=float, default=0.0)
+    p = sub.add_parser("dns")
+    p.add_argument("qname")
+    p.add_argument("--server", required=True)
+    p.add_argument("--type", default="A")
     args = parser.parse_args(argv)
+    if args.command == "http":
+        return retry(functools.partial(http_check, args.url, args.contains), args.url, args.wait)
+    if args.command == "dns-soa":
+        return retry(functools.partial(soa_check, args.server, args.zone), args.server, args.wait)
+    if args.command == "dns":
+        print(json.dumps(dns_query(args.server, args.qname, args.type)))
+        return 0
     if args.command == "echo":
         return echo_server(args.listen, args.port, args.seconds)
     if args.command == "connect":

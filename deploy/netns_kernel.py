@@ -1,6 +1,6 @@
 """Kernel objects of the namespace test bed: list, empty and delete namespaces; sweep aborted runs.
 
-The I/O helpers under `deploy.netns.NetnsLab`, usable alone (e.g. by a future
+The I/O helpers under `deploy.netns.NetnsLab`, usable alone (e.g. by
 ``serval testbed down``). Every command has a timeout; nothing here touches a
 namespace whose name does not come from `deploy.topology`'s naming, except
 `namespace_pids` and `kill_namespace_processes`, which act on the name given.
@@ -93,23 +93,26 @@ def remove_namespaces(names: Sequence[str]) -> None:
                 raise NetnsError(f"ip netns del {ns}: {done.stderr.strip()}")
 
 
-def sweep(prefix: str = PREFIX, state_dir: Path = STATE_DIR, *, force: bool = False) -> list[str]:
+def sweep(
+    prefix: str = PREFIX, state_dir: Path = STATE_DIR, *, force: bool = False, run: str | None = None
+) -> list[str]:
     """Remove the leftovers of aborted runs whose names start with `prefix`; return the namespaces removed.
 
     A run is a leftover when nobody holds its lock (see the module docstring);
-    with `force`, every matching run is removed, live or not.
+    with `force`, every matching run is removed, live or not. With `run`, only
+    that run is considered (``serval testbed down`` after its supervisor ended).
     """
     runs: dict[str, list[str]] = {}
     for ns in namespaces():
-        run = run_of_namespace(ns)
-        if run is not None and ns.startswith(prefix):
-            runs.setdefault(run, []).append(ns)
+        ns_run = run_of_namespace(ns)
+        if ns_run is not None and ns.startswith(prefix) and run in (None, ns_run):
+            runs.setdefault(ns_run, []).append(ns)
     removed: list[str] = []
-    for run, names in sorted(runs.items()):
-        with _claim(state_dir / f"{run}.lock", force) as claimed:
+    for found, names in sorted(runs.items()):
+        with _claim(state_dir / f"{found}.lock", force) as claimed:
             if claimed:
                 # hosts first, the switch (exactly "sv-<run>") last
-                remove_namespaces(sorted(names, key=lambda n: n == LabNames(run).switch))
+                remove_namespaces(sorted(names, key=lambda n: n == LabNames(found).switch))
                 removed += names
     return removed
 

@@ -33,13 +33,10 @@ from typing import Any
 PREFIX = "sv-"
 """Every namespace a lab creates is named ``sv-<run>`` (the switch) or ``sv-<run>-<host>``."""
 
-RUN_ID_LENGTH = 6
 _NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 _IFACE = re.compile(r"[a-z][a-z0-9]{0,14}")  # the kernel's limit is 15 characters
-_RUN = re.compile(rf"[0-9a-f]{{{RUN_ID_LENGTH}}}")
-_NAMESPACE = re.compile(
-    rf"{re.escape(PREFIX)}(?P<run>[0-9a-f]{{{RUN_ID_LENGTH}}})(-(?P<host>[a-z][a-z0-9]*))?"
-)
+_RUN = re.compile(r"[a-z0-9]{1,12}")
+_NAMESPACE = re.compile(rf"{re.escape(PREFIX)}(?P<run>[a-z0-9]{{1,12}})(-(?P<host>[a-z][a-z0-9]*))?")
 
 
 class TopologyError(ValueError):
@@ -187,13 +184,16 @@ class LabNames:
 
     Namespaces carry the run (``sv-<run>`` is the switch, ``sv-<run>-<host>`` a
     host). Interface names need no run: they live inside the run's namespaces.
+    A run id is 1-12 lowercase letters and digits: random hex for a lab, or the
+    name of a `serval testbed` (e.g. ``sv-tb-etcd1``); no run contains ``-``, so
+    a namespace name always splits back into its run and host.
     """
 
     run: str
 
     def __post_init__(self) -> None:
         if not _RUN.fullmatch(self.run):
-            raise ValueError(f"run id {self.run!r} must be {RUN_ID_LENGTH} lowercase hex digits")
+            raise ValueError(f"run id {self.run!r} must be 1-12 lowercase letters or digits")
 
     @property
     def switch(self) -> str:

@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest_plugins = ["tests.support.etcd", "tests.support.netns", "tests.support.replica"]
+pytest_plugins = [
+    "tests.support.etcd",
+    "tests.support.netns",
+    "tests.support.replica",
+    "tests.support.testbed",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Datagram flows end to end, each host a network namespace (the lab and fixtures of
+"""Datagram flows end to end, each host a network namespace (the test bed and fixtures of
 `test_agent_netns.py`): a datagram echo by name across hosts, and the server host's
 address changing while datagrams flow (the server's agent sends an authenticated RSYN
 from its new address; the client's agent follows it)."""
@@ -8,32 +8,24 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.lab_services import start_agent, start_etcd, start_registry
 from registry.processes import ChildProcess
-from tests.e2e.test_agent_netns import METRICS_PORT, TOPOLOGY, Cluster
-from tests.support.netns import MakeLab
+from tests.e2e.test_agent_netns import METRICS_PORT, Cluster, agents_spec
+from tests.support.testbed import MakeTestbed
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def cluster(netns_lab: MakeLab, tmp_path: Path) -> Iterator[Cluster]:
-    """The lab of `test_agent_netns.py`: etcd, a registry, agents on server1, server2, client."""
-    lab = netns_lab(TOPOLOGY)
-    etcd = start_etcd(lab, "etcd", tmp_path / "etcd")
-    registry = start_registry(lab, "registry", etcd)
-    extra = ["--metrics-port", str(METRICS_PORT)]
-    agents = {
-        host: start_agent(lab, host, registry, tmp_path / "agents", extra_args=extra)
-        for host in ("server1", "server2", "client")
-    }
-    yield Cluster(lab, registry, agents, tmp_path)
+def cluster(testbed: MakeTestbed, tmp_path: Path) -> Cluster:
+    """The bed of `test_agent_netns.py` (etcd, a registry, agents on server1, server2, client),
+    the agents with their default path timeout."""
+    bed = testbed(agents_spec())
+    return Cluster(bed.lab, bed.registry, bed.agents, tmp_path)
 
 
 def dserve(c: Cluster, host: str, name: str, tag: str, seconds: float = 60) -> ChildProcess:

@@ -1,6 +1,7 @@
-"""Host agents end to end, each host a network namespace (`deploy.netns`): etcd, a
-registry replica, two server hosts and a multi-homed client host, every process inside
-the lab. Applications use the client library (`tests.support.agent_apps`).
+"""Host agents end to end, each host a network namespace of the test bed
+(`deploy.testbed`): etcd, a registry replica, two server hosts and a multi-homed client
+host, every process inside the bed. Applications use the client library
+(`tests.support.agent_apps`).
 """
 
 from __future__ import annotations
@@ -9,35 +10,44 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.lab_services import Agent, start_agent, start_etcd, start_registry
+from deploy.lab_services import Agent
 from deploy.netns import NetnsLab
+from deploy.testbed import AGENT_METRICS_PORT, AgentSpec, TestbedSpec
 from registry.processes import ChildProcess
-from tests.support.netns import MakeLab
+from tests.support.testbed import MakeTestbed
 
 pytestmark = pytest.mark.e2e
 
-# server1 and the client are multi-homed (lan + lan2); the rest sit on lan only.
-TOPOLOGY = {
-    "hosts": {
-        "etcd": ["lan"],
-        "registry": ["lan"],
-        "server1": {"eth0": "lan", "eth1": "lan2"},
-        "server2": ["lan"],
-        "client": {"eth0": "lan", "eth1": "lan2"},
-        "mallory": ["lan"],
-    }
-}
-METRICS_PORT = 9464  # each agent's Prometheus endpoint, on 127.0.0.1 of its host
+METRICS_PORT = AGENT_METRICS_PORT  # each agent's Prometheus endpoint, on 127.0.0.1 of its host
 SAL_PORT = 7946  # each agent's SAL listener (the `serval agent` default)
 PATH_TIMEOUT_S = 3  # --path-timeout: a silent connection between agents counts as broken
 PROPAGATION_S = 1.5  # registry watch -> every agent's table, with margin
+
+
+def agents_spec(*agent_args: str) -> TestbedSpec:
+    """One etcd member and one registry replica (enough here); agents on server1 and the client,
+    multi-homed (lan + lan2), and on server2 (lan); mallory runs no agent."""
+    return TestbedSpec(
+        etcd_members=1,
+        registries=1,
+        dns=False,
+        dashboard=False,
+        agents=(
+            AgentSpec("server1", networks=("lan", "lan2"), args=agent_args),
+            AgentSpec("server2", args=agent_args),
+            AgentSpec("client", networks=("lan", "lan2"), args=agent_args),
+        ),
+        hosts=("mallory",),
+    )
+
+
+SPEC = agents_spec("--path-timeout", str(PATH_TIMEOUT_S))
 
 
 @dataclass
@@ -115,21 +125,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(netns_lab: MakeLab, tmp_path: Path) -> Iterator[Cluster]:
-    lab = netns_lab(TOPOLOGY)
-    etcd = start_etcd(lab, "etcd", tmp_path / "etcd")
-    registry = start_registry(lab, "registry", etcd)
-    agents = {
-        host: start_agent(
-            lab,
-            host,
-            registry,
-            tmp_path / "agents",
-            extra_args=["--metrics-port", str(METRICS_PORT), "--path-timeout", str(PATH_TIMEOUT_S)],
-        )
-        for host in ("server1", "server2", "client")
-    }
-    yield Cluster(lab, registry, agents, tmp_path)
+def cluster(testbed: MakeTestbed, tmp_path: Path) -> Cluster:
+    bed = testbed(SPEC)
+    return Cluster(bed.lab, bed.registry, bed.agents, tmp_path)
 
 
 def test_connect_by_name_reaches_the_listener_on_another_host(cluster: Cluster) -> None:

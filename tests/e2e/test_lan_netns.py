@@ -1,4 +1,4 @@
-"""LAN discovery between hosts in network namespaces (`deploy.netns`), no registry:
+"""LAN discovery between hosts in network namespaces (the test bed without etcd or registry):
 host A announces over multicast, host B's LAN back-end sees it, and forgets it when A
 stops (by TTL expiry when A goes silent, at once when A says bye)."""
 
@@ -7,18 +7,19 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.lab_services import start_agent
 from deploy.netns import NetnsLab
-from tests.support.netns import MakeLab
+from deploy.testbed import AgentSpec, TestbedSpec
+from tests.support.testbed import MakeTestbed
 
 pytestmark = pytest.mark.e2e
 
-TOPOLOGY = {"hosts": {"a": ["lan"], "b": ["lan"]}}
+NO_REGISTRY = TestbedSpec(etcd_members=0, registries=0, dns=False, dashboard=False, agents=())
 
 
 def tool(lab: NetnsLab, host: str, *args: str) -> list[str]:
@@ -42,8 +43,8 @@ def wait_services(log: Path, want: dict[str, Any], timeout: float) -> float:
         time.sleep(0.05)
 
 
-def test_lan_discovery_and_expiry(netns_lab: MakeLab, tmp_path: Path) -> None:
-    lab = netns_lab(TOPOLOGY)
+def test_lan_discovery_and_expiry(testbed: MakeTestbed, tmp_path: Path) -> None:
+    lab = testbed(replace(NO_REGISTRY, hosts=("a", "b"))).lab  # two bare hosts
     log = tmp_path / "b-listen.log"
     listener = lab.spawn("b", tool(lab, "b", "listen", "--json"), log, name="listen")
     time.sleep(0.5)  # joined the group
@@ -69,20 +70,11 @@ def test_lan_discovery_and_expiry(netns_lab: MakeLab, tmp_path: Path) -> None:
     assert listener.running
 
 
-def test_agents_without_a_registry_find_each_other_on_the_lan(netns_lab: MakeLab, tmp_path: Path) -> None:
+def test_agents_without_a_registry_find_each_other_on_the_lan(testbed: MakeTestbed) -> None:
     """An ad-hoc network: two agents with `--registry none --lan` and nothing else. A name an
     app listens on at A is announced on the link; an app at B connects to it by name."""
-    lab = netns_lab(TOPOLOGY)
-    agents = {
-        host: start_agent(
-            lab,
-            host,
-            "none",
-            tmp_path / "agents",
-            extra_args=["--lan", "--lan-interface", lab.address(host, "lan")],
-        )
-        for host in ("a", "b")
-    }
+    bed = testbed(replace(NO_REGISTRY, agents=(AgentSpec("a", lan=True), AgentSpec("b", lan=True))))
+    lab, agents = bed.lab, bed.agents
     app = [sys.executable, "-m", "tests.support.agent_apps"]
     lab.spawn(
         "a", [*app, "serve", "web.adhoc", "--socket", str(agents["a"].socket), "--tag", "on-a"], name="serve"

@@ -1,4 +1,4 @@
-"""Legacy access end to end, each host a network namespace: an unmodified TCP echo server
+"""Legacy access end to end, each host a network namespace of the test bed: an unmodified TCP echo server
 on server1 exposed by its agent (``--expose``), and unmodified clients on the client host
 reaching it by name through that host's agent (``--socks-listen`` and ``--upstream``).
 """
@@ -8,42 +8,38 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.lab_services import start_agent, start_etcd, start_registry
+from deploy.testbed import AgentSpec, TestbedSpec
 from tests.e2e.test_agent_netns import Cluster
-from tests.support.netns import MakeLab
+from tests.support.testbed import MakeTestbed
 
 pytestmark = pytest.mark.e2e
 
-TOPOLOGY = {"hosts": {"etcd": ["lan"], "registry": ["lan"], "server1": ["lan"], "client": ["lan"]}}
 ECHO_PORT = 9000
 SOCKS = "127.0.0.1:1080"
 UPSTREAM = "127.0.0.1:9100"
 NAME = "legacy.e2e"
+SPEC = TestbedSpec(
+    etcd_members=1,
+    registries=1,
+    dns=False,
+    dashboard=False,
+    agents=(
+        AgentSpec("server1", args=("--expose", f"{NAME}=127.0.0.1:{ECHO_PORT}")),
+        AgentSpec("client", args=("--socks-listen", SOCKS, "--upstream", f"{UPSTREAM}={NAME}")),
+    ),
+)
 
 
 @pytest.fixture
-def cluster(netns_lab: MakeLab, tmp_path: Path) -> Iterator[Cluster]:
-    lab = netns_lab(TOPOLOGY)
-    etcd = start_etcd(lab, "etcd", tmp_path / "etcd")
-    registry = start_registry(lab, "registry", etcd)
+def cluster(testbed: MakeTestbed, tmp_path: Path) -> Cluster:
+    bed = testbed(SPEC)
     echo = [sys.executable, "-m", "deploy.netcheck", "echo", "--port", str(ECHO_PORT), "--seconds", "60"]
-    lab.spawn("server1", echo, name="echo-server1")
-    agents = {
-        "server1": start_agent(
-            lab, "server1", registry, tmp_path / "agents",
-            extra_args=["--expose", f"{NAME}=127.0.0.1:{ECHO_PORT}"],
-        ),
-        "client": start_agent(
-            lab, "client", registry, tmp_path / "agents",
-            extra_args=["--socks-listen", SOCKS, "--upstream", f"{UPSTREAM}={NAME}"],
-        ),
-    }  # fmt: skip
-    yield Cluster(lab, registry, agents, tmp_path)
+    bed.lab.spawn("server1", echo, name="echo-server1")
+    return Cluster(bed.lab, bed.registry, bed.agents, tmp_path)
 
 
 def legacy_client(cluster: Cluster, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:

@@ -86,6 +86,8 @@ def test_names_are_unique_per_run_and_short() -> None:
     assert max(len(names.bridge(999)), len(names.switch_port(9999))) <= 15
     with pytest.raises(ValueError):
         LabNames("../x")
+    named = LabNames("tb")  # a `serval testbed` uses its name as the run id
+    assert run_of_namespace(named.namespace("etcd1")) == run_of_namespace(named.switch) == "tb"
 
 
 def test_setup_commands_never_touch_the_root_namespace() -> None:
