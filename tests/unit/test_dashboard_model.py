@@ -96,7 +96,9 @@ def test_percentile_nearest_rank(values: list[float], p: float, want: float) -> 
 
 
 def sample(at_ms: int, subscriber: str, revision: int, seconds: float) -> pb.PropagationSample:
-    return pb.PropagationSample(subscriber_id=subscriber, revision=revision, seconds=seconds, at_unix_ms=at_ms)
+    return pb.PropagationSample(
+        subscriber_id=subscriber, revision=revision, seconds=seconds, at_unix_ms=at_ms
+    )
 
 
 def test_propagation_keeps_each_replicas_samples_once_and_summarises_agents() -> None:
