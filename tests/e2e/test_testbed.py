@@ -147,6 +147,27 @@ def test_full_default_bed_up_status_use_fault_down(serval_testbed: BedCommand) -
     # and from the root namespace only through the relay on loopback (a Unix socket in between)
     with urllib.request.urlopen(f"http://{exposed}/healthz", timeout=5) as response:
         assert response.status == 200
+    # the dashboard sees both replicas, and every agent subscribed to one of them
+    token = (serval_testbed.state_dir / "dashboard-tokens").read_text().strip().split(":")[2]
+
+    def dashboard_api(path: str) -> Any:
+        request = urllib.request.Request(f"http://{exposed}/api/v1/{path}")
+        request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    eventually(
+        lambda: (
+            sorted((r["replica_id"], r["reachable"]) for r in dashboard_api("cluster")["replicas"])
+            == [("registry1", True), ("registry2", True)]
+        )
+    )
+    eventually(
+        lambda: (
+            sorted(a["agent_id"] for a in dashboard_api("agents")["agents"] if a["subscribed"])
+            == ["agent1", "agent2", "agent3"]
+        )
+    )
 
     # an etcd member crashes (the first, which the replicas try first): the bed keeps working
     for pid in namespace_pids(ns["etcd1"]):
