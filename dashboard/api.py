@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from dashboard.auth import Principal
 from dashboard.state import State
 from registry.api.rpc import RpcError, StatusCode
 from registry.model import MAX_WEIGHT
+
+log = logging.getLogger("serval.dashboard.api")
 
 SESSION_COOKIE = "serval_session"
 ANONYMOUS = Principal("anonymous", "none")
@@ -88,7 +91,7 @@ async def overview(request: Request, _: Reader) -> dict[str, Any]:
         "revision": c.revision,
         "ready": st.feed.ready.is_set(),
         "stale_seconds": None if stale == float("inf") else stale,
-        "propagation": st.model.latency_window(time.time()),
+        "propagation": st.model.propagation_window(time.time()),
     }
 
 
@@ -106,22 +109,35 @@ async def services(
 
 @router.get("/services/{service}")
 async def service(request: Request, service: str, _: Reader) -> dict[str, Any]:
-    found = state_of(request).model.instances_of(service)
+    st = state_of(request)
+    found = st.model.instances_of(service)
     if found is None:
         raise HTTPException(404, f"no instances of {service!r}")
-    return {"service": service, "instances": [views.instance(i) for i in found]}
+    left = await lease_times_left(st, service)
+    return {"service": service, "instances": [views.instance(i, left.get(i.lease_id)) for i in found]}
+
+
+async def lease_times_left(st: State, service: str) -> dict[int, int]:
+    """Seconds each lease of `service`'s instances has left, by lease ID ({} if the registry
+    cannot say now: the page shows the TTL only)."""
+    try:
+        answer = await st.client.resolve(service, with_lease_time_left=True)
+    except RpcError as e:
+        log.info("lease times of %s unavailable: %s", service, e)
+        return {}
+    return {i.lease_id: i.lease_time_left_seconds for i in answer.instances}
 
 
 @router.get("/agents")
 async def agents(request: Request, _: Reader) -> dict[str, Any]:
     st = state_of(request)
-    return {"agents": views.agents(st.model, st.feed.status)}
+    return {"agents": views.agents(st.model, st.feed.subscriber_statuses())}
 
 
 @router.get("/cluster")
 async def cluster(request: Request, _: Reader) -> dict[str, Any]:
     st = state_of(request)
-    return views.cluster(st.feed.status, st.feed.status_at, st.feed.status_error)
+    return views.cluster(st.feed.status, st.feed.status_at, st.feed.status_error, st.feed.replicas.values())
 
 
 @router.get("/propagation")
@@ -130,13 +146,29 @@ async def propagation(
 ) -> dict[str, Any]:
     st = state_of(request)
     now = time.time()
-    samples = [(at, s) for at, s in st.model.latencies if at >= now - window]
+    recent = st.model.recent_propagation(now, window)
     return {
-        "method": "registration time carried in metadata serval.registered_at_ns → arrival on the "
-        "dashboard's watch (wall clocks of the registering client and the dashboard)",
+        "method": "measured by each registry replica: from its view applying a revision (its etcd "
+        "watch delivering the commit) to the agent reporting the change in force in its data path "
+        "(the replica's send delay plus the agent's own apply delay; network transit excluded); "
+        "p50/p99/max over host agents (subscribers agent/...), the table per subscriber of any kind",
         "window_seconds": window,
-        **st.model.latency_window(now, window),
-        "samples_recent": samples[-200:],
+        **st.model.propagation_window(now, window),
+        "samples_recent": [
+            {
+                "at": p.at,
+                "seconds": p.seconds,
+                "subscriber": p.subscriber,
+                "replica": p.replica,
+                "revision": p.revision,
+            }
+            for p in recent[-200:]
+        ],
+        "dashboard": {
+            "method": "registration time carried in metadata serval.registered_at_ns → arrival on "
+            "the dashboard's watch (wall clocks of the registering client and the dashboard)",
+            **st.model.latency_window(now, window),
+        },
     }
 
 

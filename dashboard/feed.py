@@ -1,6 +1,12 @@
 """The dashboard's I/O shell towards the registry: one watch into the `Model`,
 a periodic `ClusterStatus` poll, and the fan-out of change notices to SSE clients.
 
+The poll asks the replica the dashboard is connected to, then every other
+replica that status lists (`ClusterStatus.replicas`, at its advertised
+address), concurrently: each replica knows only its own subscribers and
+propagation samples. `replicas` holds the latest answer or error of each;
+every answer's samples go into the model (`Model.add_propagation`).
+
 Order per watch message: apply to the model (with the wall time it arrived),
 then notify every SSE subscriber. A subscriber is a bounded queue; one that
 falls behind loses notices (a counter says how many) and its page refetches.
@@ -23,6 +29,16 @@ from registry.api.rpc import RpcError
 from registry.api.v1 import registry_pb2 as pb
 
 log = logging.getLogger("serval.dashboard.feed")
+
+
+@dataclass
+class ReplicaState:
+    """The latest poll of one registry replica: its status, or why there is none."""
+
+    info: pb.ReplicaInfo
+    status: pb.ClusterStatusResponse | None = None
+    error: str = ""
+    at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -54,6 +70,8 @@ class Feed:
         self.status: pb.ClusterStatusResponse | None = None
         self.status_at = 0.0
         self.status_error = ""
+        self.replicas: dict[str, ReplicaState] = {}
+        self._peers: dict[str, RegistryClient] = {}  # other replicas' clients, by address
         self.subscribers: set[Subscriber] = set()
         self.ready = asyncio.Event()  # set after the first complete snapshot
         self.connected = False
@@ -72,6 +90,20 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
+        for peer in self._peers.values():
+            await peer.close()
+        self._peers = {}
+
+    def subscriber_statuses(self) -> dict[str, tuple[str, pb.SubscriberStatus]]:
+        """Every replica's subscribers by subscriber ID, with the replica serving each."""
+        out: dict[str, tuple[str, pb.SubscriberStatus]] = {}
+        answers = [r.status for r in self.replicas.values() if r.status is not None]
+        if not answers and self.status is not None:
+            answers = [self.status]
+        for st in answers:
+            for sub in st.subscribers:
+                out.setdefault(sub.subscriber_id, (st.replica_id, sub))
+        return out
 
     def stale_for(self) -> float:
         """Age of the data when it is stale, else 0.
@@ -119,9 +151,42 @@ class Feed:
     async def _poll_status(self) -> None:
         while True:
             try:
-                self.status = await self.client.cluster_status()
-                self.status_at = self.clock()
-                self.status_error = ""
-            except RpcError as e:
-                self.status_error = f"{e.code.name}: {e.details}"
+                await self.poll_once()
+            except Exception:  # a bug here must not end the poller: log it, poll again
+                log.exception("cluster status poll failed")
             await asyncio.sleep(self.status_interval)
+
+    async def poll_once(self) -> None:
+        """One status poll of the connected replica, then of every other listed replica."""
+        try:
+            status = await self.client.cluster_status()
+        except RpcError as e:
+            self.status_error = f"{e.code.name}: {e.details}"
+            return
+        self.status, self.status_at, self.status_error = status, self.clock(), ""
+        others = [r for r in status.replicas if r.replica_id != status.replica_id]
+        polled = await asyncio.gather(*(self._poll_peer(r) for r in others))
+        own = ReplicaState(_own_info(status), status, "", self.status_at)
+        self.replicas = {r.info.replica_id: r for r in [own, *polled]}
+        for r in self.replicas.values():
+            if r.status is not None:
+                self.model.add_propagation(r.info.replica_id, r.status.propagation)
+        for address in set(self._peers) - {r.address for r in others}:
+            await self._peers.pop(address).close()
+
+    async def _poll_peer(self, info: pb.ReplicaInfo) -> ReplicaState:
+        peer = self._peers.get(info.address)
+        if peer is None:
+            peer = self._peers[info.address] = RegistryClient([info.address], timeout=self.status_interval)
+        try:
+            return ReplicaState(info, await peer.cluster_status(), "", self.clock())
+        except RpcError as e:
+            return ReplicaState(info, None, f"{e.code.name}: {e.details}", self.clock())
+
+
+def _own_info(status: pb.ClusterStatusResponse) -> pb.ReplicaInfo:
+    """The connected replica's announcement (or what its status says, if it is not listed yet)."""
+    for info in status.replicas:
+        if info.replica_id == status.replica_id:
+            return info
+    return pb.ReplicaInfo(replica_id=status.replica_id, version=status.replica_version)

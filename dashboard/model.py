@@ -15,13 +15,17 @@ Contract:
 - A SNAPSHOT series replaces the content at its SNAPSHOT_END; deltas update it.
 - `events` holds the most recent `max_events` deltas; `latencies` the most
   recent `max_latencies` registration → dashboard samples (see `LATENCY_KEY`).
+- `propagation` holds the most recent `max_propagation` registration → agent
+  samples the registry replicas measured (`ClusterStatus.propagation`, see
+  `registry.api.fanout`); `add_propagation` takes a replica's whole current
+  window each poll and keeps only the samples it has not seen before.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from registry.api import convert
@@ -30,6 +34,7 @@ from registry.model import Instance
 
 AGENTS_SERVICE = "agents.serval"  # hostagent.agent.desired.AGENTS_SERVICE (not imported: no Rust here)
 VERSION_KEY = "serval.version"
+AGENT_SUBSCRIBER = "agent/"  # host agents watch as subscriber "agent/<agent id>"
 # Unix time in nanoseconds at which the registering client sent the registration.
 # Clients that set it (the dashboard benchmark, tests, `serval register` could)
 # get a registration → dashboard latency sample; nothing else carries a time.
@@ -47,6 +52,17 @@ class Event:
     instance_id: str
     kind: str  # "put" | "delete"
     instance: Instance | None
+
+
+@dataclass(frozen=True, slots=True)
+class Propagation:
+    """One registration → subscriber propagation sample, as a registry replica measured it."""
+
+    at: float  # unix seconds the replica took it
+    seconds: float
+    subscriber: str
+    replica: str
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +111,9 @@ class Model:
     drained_count: int = 0
     events: deque[Event] = field(default_factory=deque)
     latencies: deque[tuple[float, float]] = field(default_factory=deque)  # (at, seconds)
+    max_propagation: int = 8192
+    propagation: deque[Propagation] = field(default_factory=deque)
+    _propagation_seen: dict[str, set[tuple[int, str, int]]] = field(default_factory=dict)
     in_snapshot: bool = False
     last_message_at: float = 0.0
     _seq: int = 0
@@ -258,15 +277,61 @@ class Model:
         out = [e for e in self.events if e.seq > after]
         return out[-limit:]
 
+    def add_propagation(self, replica: str, samples: Iterable[pb.PropagationSample]) -> int:
+        """Take `replica`'s current sample window; keep the new samples; return how many."""
+        seen = self._propagation_seen.get(replica, set())
+        keys: set[tuple[int, str, int]] = set()
+        new = []
+        for s in samples:
+            key = (s.at_unix_ms, s.subscriber_id, s.revision)
+            keys.add(key)
+            if key not in seen:
+                new.append(Propagation(s.at_unix_ms / 1000, s.seconds, s.subscriber_id, replica, s.revision))
+        self._propagation_seen[replica] = keys
+        self.propagation.extend(sorted(new, key=lambda p: p.at))
+        while len(self.propagation) > self.max_propagation:
+            self.propagation.popleft()
+        return len(new)
+
+    def propagation_window(self, now: float, window: float = 300.0) -> dict[str, object]:
+        """p50/p99/max of the last `window` seconds' samples: over the host agents' (subscribers
+        ``agent/...``), and per subscriber, any kind (slowest p99 first)."""
+        recent = self.recent_propagation(now, window)
+        by_subscriber: dict[str, list[float]] = {}
+        for p in recent:
+            by_subscriber.setdefault(p.subscriber, []).append(p.seconds)
+        stats = sorted(
+            ((name, summary(values)) for name, values in by_subscriber.items()),
+            key=lambda item: (-item[1]["p99"], item[0]),
+        )
+        per = [{"subscriber": name, **figures} for name, figures in stats]
+        agents = [p.seconds for p in recent if p.subscriber.startswith(AGENT_SUBSCRIBER)]
+        return {**summary(agents), "subscribers": per}
+
+    def recent_propagation(
+        self, now: float, window: float = 300.0, agents_only: bool = False
+    ) -> list[Propagation]:
+        """Samples of the last `window` seconds (only the host agents' with `agents_only`)."""
+        return [
+            p
+            for p in self.propagation
+            if p.at >= now - window and (not agents_only or p.subscriber.startswith(AGENT_SUBSCRIBER))
+        ]
+
     def latency_window(self, now: float, window: float = 300.0) -> dict[str, float]:
         """p50/p99/max of registration → dashboard samples of the last `window` seconds."""
-        values = sorted(s for at, s in self.latencies if at >= now - window)
-        return {
-            "samples": float(len(values)),
-            "p50": percentile(values, 50),
-            "p99": percentile(values, 99),
-            "max": values[-1] if values else 0.0,
-        }
+        return summary([s for at, s in self.latencies if at >= now - window])
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Sample count, p50, p99 and max of `values` (any order); zeros when empty."""
+    ordered = sorted(values)
+    return {
+        "samples": float(len(ordered)),
+        "p50": percentile(ordered, 50),
+        "p99": percentile(ordered, 99),
+        "max": ordered[-1] if ordered else 0.0,
+    }
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

@@ -50,8 +50,10 @@ async def overview(request: Request) -> Response:
     return _render(
         request,
         "overview.html",
-        latency=st.model.latency_window(time.time()),
-        cluster=views.cluster(st.feed.status, st.feed.status_at, st.feed.status_error),
+        latency=st.model.propagation_window(time.time()),
+        cluster=views.cluster(
+            st.feed.status, st.feed.status_at, st.feed.status_error, st.feed.replicas.values()
+        ),
         events=[views.event(e) for e in st.model.recent_events(limit=10)][::-1],
     )
 
@@ -65,23 +67,30 @@ async def services(request: Request, q: str = "", status: str = "all", offset: i
 
 @router.get("/services/{service}", response_class=HTMLResponse)
 async def service(request: Request, service: str) -> Response:
-    found = api.state_of(request).model.instances_of(service) or []
-    return _render(request, "service.html", service=service, instances=[views.instance(i) for i in found])
+    st = api.state_of(request)
+    found = st.model.instances_of(service) or []
+    left = await api.lease_times_left(st, service) if found else {}
+    instances = [views.instance(i, left.get(i.lease_id)) for i in found]
+    return _render(request, "service.html", service=service, instances=instances)
 
 
 @router.get("/agents", response_class=HTMLResponse)
 async def agents(request: Request) -> Response:
     st = api.state_of(request)
-    return _render(request, "agents.html", agents=views.agents(st.model, st.feed.status))
+    return _render(request, "agents.html", agents=views.agents(st.model, st.feed.subscriber_statuses()))
 
 
 @router.get("/propagation", response_class=HTMLResponse)
 async def propagation(request: Request) -> Response:
     st = api.state_of(request)
     now = time.time()
-    samples = [(at, s) for at, s in st.model.latencies if at >= now - 300]
+    samples = [(p.at, p.seconds) for p in st.model.recent_propagation(now, 300, agents_only=True)]
     return _render(
-        request, "propagation.html", latency=st.model.latency_window(now), chart=svg_chart(samples, now)
+        request,
+        "propagation.html",
+        propagation=st.model.propagation_window(now),
+        chart=svg_chart(samples, now),
+        dashboard_latency=st.model.latency_window(now),
     )
 
 

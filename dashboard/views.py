@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from dashboard.feed import ReplicaState
 from dashboard.model import VERSION_KEY, Event, Model, Page, usable
 from registry.api.v1 import registry_pb2 as pb
 from registry.model import Instance
 
 
-def instance(i: Instance) -> dict[str, Any]:
+def instance(i: Instance, lease_left: int | None = None) -> dict[str, Any]:
+    """An instance; `lease_left`: seconds its lease has left (-1 expired, None: not asked)."""
     why = ""
     if i.drained:
         why = f"drained by an operator (weight {i.drained_weight} restored on undrain)"
@@ -30,8 +33,7 @@ def instance(i: Instance) -> dict[str, Any]:
         "why_not_usable": why,
         "ttl_seconds": i.ttl_seconds,
         "lease_id": i.lease_id,
-        # The registry API does not expose a lease's remaining time; only its TTL.
-        "lease_remaining_seconds": None,
+        "lease_remaining_seconds": lease_left,
         "source": (i.metadata.get("serval.agent", "") and f"agent {i.metadata['serval.agent']}") or "api",
         "metadata": dict(i.metadata),
         "create_revision": i.create_revision,
@@ -65,12 +67,12 @@ def event(e: Event) -> dict[str, Any]:
     }
 
 
-def agents(model: Model, status: pb.ClusterStatusResponse | None) -> list[dict[str, Any]]:
-    """Host records (service `agents.serval`) with the lag of subscriber ``agent/<id>``."""
-    subs = {s.subscriber_id: s for s in status.subscribers} if status is not None else {}
+def agents(model: Model, subscribers: dict[str, tuple[str, pb.SubscriberStatus]]) -> list[dict[str, Any]]:
+    """Host records (service `agents.serval`) with the lag of subscriber ``agent/<id>``, on
+    whichever replica serves it (`subscribers`: `Feed.subscriber_statuses()`)."""
     out = []
     for rec in model.agents():
-        sub = subs.get(f"agent/{rec.instance_id}")
+        replica, sub = subscribers.get(f"agent/{rec.instance_id}", ("", None))
         out.append(
             {
                 "agent_id": rec.instance_id,
@@ -80,6 +82,7 @@ def agents(model: Model, status: pb.ClusterStatusResponse | None) -> list[dict[s
                 "region": rec.region,
                 "zone": rec.zone,
                 "subscribed": sub is not None,
+                "replica": replica,
                 "applied_revision": sub.applied_revision if sub else None,
                 "lag_revisions": sub.lag_revisions if sub else None,
                 "lag_seconds": sub.lag_seconds if sub else None,
@@ -88,7 +91,10 @@ def agents(model: Model, status: pb.ClusterStatusResponse | None) -> list[dict[s
     return out
 
 
-def cluster(status: pb.ClusterStatusResponse | None, at: float, error: str) -> dict[str, Any]:
+def cluster(
+    status: pb.ClusterStatusResponse | None, at: float, error: str, replicas: Iterable[ReplicaState] = ()
+) -> dict[str, Any]:
+    """The etcd cluster as the connected replica sees it, and every replica's own state."""
     if status is None:
         return {"available": False, "error": error}
     return {
@@ -105,8 +111,8 @@ def cluster(status: pb.ClusterStatusResponse | None, at: float, error: str) -> d
         "db_size_bytes": status.db_size_bytes,
         "db_quota_bytes": status.db_quota_bytes,
         "db_used_fraction": status.db_size_bytes / status.db_quota_bytes if status.db_quota_bytes else None,
-        # Not in ClusterStatus: etcd's last compaction revision is not exposed by the registry.
-        "last_compaction_revision": None,
+        "last_compaction_revision": status.compact_revision or None,
+        "replicas": [replica(r) for r in sorted(replicas, key=lambda r: r.info.replica_id)],
         "services": status.services,
         "instances": status.instances,
         "members": [
@@ -133,4 +139,19 @@ def cluster(status: pb.ClusterStatusResponse | None, at: float, error: str) -> d
             }
             for s in status.subscribers
         ],
+    }
+
+
+def replica(r: ReplicaState) -> dict[str, Any]:
+    st = r.status
+    return {
+        "replica_id": r.info.replica_id,
+        "address": r.info.address,
+        "version": r.info.version,
+        "started_unix_ms": r.info.started_unix_ms,
+        "reachable": st is not None,
+        "error": r.error,
+        "view_revision": st.view_revision if st else None,
+        "subscribers": len(st.subscribers) if st else None,
+        "etcd_endpoint": st.etcd_endpoint if st else None,
     }

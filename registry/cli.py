@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -39,6 +40,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--listen", default="127.0.0.1:7070", help="gRPC listen address (default %(default)s)")
     p.add_argument("--prefix", default="/serval", help="etcd key prefix (default %(default)s)")
     p.add_argument("--replica-id", default="", help="name shown to subscribers (default host:port)")
+    p.add_argument(
+        "--advertise",
+        default="",
+        metavar="HOST:PORT",
+        help="address other replicas and operators see for this one (default: the listen address)",
+    )
     p.add_argument(
         "--history", type=int, default=100_000, help="deltas kept for resume (default %(default)s)"
     )
@@ -90,6 +97,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = _client_parser(sub, "resolve", "list a service's instances, best tier first")
     p.add_argument("service")
+    p.add_argument("--lease-time", action="store_true", help="also show each lease's seconds left")
     p.set_defaults(handler=cmd_resolve)
 
     p = _client_parser(sub, "list", "list services")
@@ -154,6 +162,7 @@ async def run_registry(args: argparse.Namespace) -> int:
         listen=args.listen,
         prefix=args.prefix,
         replica_id=args.replica_id,
+        advertise=args.advertise,
         history_size=args.history,
         max_queued=args.max_queued,
         etcd_max_txn_ops=args.etcd_max_txn_ops,
@@ -248,7 +257,7 @@ def _print_update(args: argparse.Namespace, resp: pb.UpdateInstanceResponse) -> 
 
 
 async def cmd_resolve(args: argparse.Namespace) -> int:
-    resp = await _client(args).resolve(args.service)
+    resp = await _client(args).resolve(args.service, with_lease_time_left=args.lease_time)
     if args.json:
         _print_json(_as_json(resp))
         return 0
@@ -261,11 +270,13 @@ async def cmd_resolve(args: argparse.Namespace) -> int:
             i.weight,
             "/".join(x for x in (i.locality.region, i.locality.zone) if x) or "-",
             f"{i.lease_id:#x}",
+            *([_seconds_left(i.lease_time_left_seconds)] if args.lease_time else []),
         )
         for i in resp.instances
     ]
+    header = ("INSTANCE", "ADDRESSES", "PORT", "TIER", "WEIGHT", "LOCALITY", "LEASE")
     print(f"{args.service}  id {resp.service_id}  revision {resp.revision}")
-    print(_table(rows, ("INSTANCE", "ADDRESSES", "PORT", "TIER", "WEIGHT", "LOCALITY", "LEASE")))
+    print(_table(rows, header + (("LEFT",) if args.lease_time else ())))
     return 0
 
 
@@ -319,7 +330,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
         f"etcd revision {st.etcd_revision}, view revision {st.view_revision}, "
         f"resumable from {st.history_start_revision}"
     )
-    print(f"db size {_size(st.db_size_bytes)} of {_size(st.db_quota_bytes)} quota")
+    compacted = f"revision {st.compact_revision}" if st.compact_revision else "never"
+    print(
+        f"db size {_size(st.db_size_bytes)} of {_size(st.db_quota_bytes)} quota; last compaction {compacted}"
+    )
     print(f"{st.services} services, {st.instances} instances\n")
     members = [
         (
@@ -332,6 +346,16 @@ async def cmd_status(args: argparse.Namespace) -> int:
         for m in st.members
     ]
     print(_table(members, ("MEMBER", "NAME", "CLIENT URLS", "ROLE", "STATE")))
+    if st.replicas:
+        replicas = [(r.replica_id, r.address, r.version, _started(r.started_unix_ms)) for r in st.replicas]
+        print()
+        print(_table(replicas, ("REPLICA", "ADDRESS", "VERSION", "STARTED")))
+    if st.propagation:
+        ms = sorted(p.seconds * 1000 for p in st.propagation)
+        print(
+            f"\npropagation to subscribers ({len(ms)} samples): p50 {ms[len(ms) // 2]:.1f} ms, "
+            f"p99 {ms[min(len(ms) - 1, len(ms) * 99 // 100)]:.1f} ms, max {ms[-1]:.1f} ms"
+        )
     if st.subscribers:
         subs = [
             (s.subscriber_id or "-", s.peer, s.applied_revision, s.lag_revisions, f"{s.lag_seconds:.3f}")
@@ -340,6 +364,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(_table(subs, ("SUBSCRIBER", "PEER", "APPLIED", "LAG REV", "LAG S")))
     return 0
+
+
+def _seconds_left(seconds: int) -> str:
+    return "expired" if seconds < 0 else f"{seconds}s"
+
+
+def _started(unix_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_ms / 1000)) if unix_ms else "-"
 
 
 def _size(n: int) -> str:

@@ -10,11 +10,12 @@ Errors are `registry.errors` exceptions; the API layer maps them to codes.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from registry import names
@@ -145,6 +146,17 @@ class RegistryService:
         svc = _service(service)
         await self._wait_for_view(min_revision)
         return self._view.resolve(svc), self._view.revision, names.service_id_hex(svc)
+
+    async def lease_times_left(self, lease_ids: Iterable[int]) -> dict[int, int]:
+        """Seconds each distinct lease has left (-1: gone), asking etcd at most 32 at a time."""
+        distinct = sorted(set(lease_ids) - {0})
+        slots = asyncio.Semaphore(32)
+
+        async def one(lease_id: int) -> int:
+            async with slots:
+                return await self._store.lease_time_left(lease_id)
+
+        return dict(zip(distinct, await asyncio.gather(*map(one, distinct)), strict=True))
 
     async def list_services(
         self, suffix: str, limit: int, page_token: str, min_revision: int = 0

@@ -184,7 +184,11 @@ class Agent:
             dp.address_added(ip)
         host = self._host_identity(self.poller.current)
         self._reconciler = Reconciler(
-            dp, self._desired, cfg.debounce, ready=lambda: not self.mirror.in_snapshot
+            dp,
+            self._desired,
+            cfg.debounce,
+            ready=lambda: not self.mirror.in_snapshot,
+            on_applied=self.link.confirm if self.link is not None else lambda revision: None,
         )
         registrar: Registrar = self.session if self.session is not None else NO_REGISTRY
         if self.announcer is not None:

@@ -20,9 +20,9 @@ themselves are not kept: they may be a view of the agent's Rust mirror
 
 `applied_revision` is the registry revision of the mirror the last applied
 (or confirmed unchanged) table was computed from; `generation` is that
-table's generation. A refused table (`ValueError` from the data path) is
-logged and counted in `errors`; the previous table stays in force and the
-next change retries.
+table's generation. `on_applied(revision)` is called whenever it advances.
+A refused table (`ValueError` from the data path) is logged and counted in
+`errors`; the previous table stays in force and the next change retries.
 """
 
 from __future__ import annotations
@@ -49,11 +49,13 @@ class Reconciler:
         compute: Compute,
         debounce: float = 0.05,
         ready: Callable[[], bool] = lambda: True,
+        on_applied: Callable[[int], None] = lambda revision: None,
     ) -> None:
         self.datapath = datapath
         self.compute = compute
         self.debounce = debounce
         self.ready = ready
+        self.on_applied = on_applied
         self.deferred = 0
         self.generations = Generations()
         self.applied_revision = 0
@@ -83,7 +85,7 @@ class Reconciler:
     def note_progress(self, revision: int) -> None:
         """The registry moved on without changes: the table in force is current for `revision`."""
         if not self._wanted.is_set() and not self._failed:
-            self.applied_revision = max(self.applied_revision, revision)
+            self._advance(revision)
 
     def reconcile_now(self) -> None:
         """One pass, synchronously (start-up and tests)."""
@@ -101,7 +103,12 @@ class Reconciler:
             self.applies += int(result.applied)
         self._failed = False
         self.rule_count = len(rules)
-        self.applied_revision = max(self.applied_revision, revision)
+        self._advance(revision)
+
+    def _advance(self, revision: int) -> None:
+        if revision > self.applied_revision:
+            self.applied_revision = revision
+            self.on_applied(revision)
 
     async def run(self) -> None:
         while True:

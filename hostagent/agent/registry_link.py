@@ -7,11 +7,12 @@ The `RegistryClient` watch already fails over between replicas and resumes
 from the last applied revision; `RegistryLink.run()` only applies each
 message to the mirror and, once the mirror is consistent (never in the
 middle of a snapshot series), calls `on_change()`; a PROGRESS message (no
-change, the view reached a newer revision) calls `on_progress(revision)`. Asking the stream for the
-next message is what acknowledges a revision to the registry (the client's
-`Watch` sends those acks), so the registry's lag figures mean "applied to
-this agent's mirror"; the table follows within the reconciler's debounce
-(see `Reconciler.applied_revision`).
+change, the view reached a newer revision) calls `on_progress(revision)`.
+The agent calls `confirm(revision)` once the data-path table computed from
+that revision is in force (`Reconciler.on_applied`); the client's `Watch`
+reports those confirmations to the registry with the time from receiving
+the change to its taking effect, so the registry's lag and propagation
+figures mean "in force in this agent's data path".
 
 Failure modes: retryable errors are the client's business (it reconnects
 with back-off; `reconnects` counts them); anything else ends `run()` with
@@ -65,8 +66,15 @@ class RegistryLink:
     def reconnects(self) -> int:
         return self._watch.reconnects if self._watch else 0
 
+    def confirm(self, revision: int) -> None:
+        """The table computed from the mirror at `revision` is in force (reported to the registry)."""
+        if self._watch is not None:
+            self._watch.confirm(revision)
+
     async def run(self) -> None:
-        self._watch = self.client.watch(from_revision=0, subscriber_id=self.subscriber_id)
+        self._watch = self.client.watch(
+            from_revision=0, subscriber_id=self.subscriber_id, explicit_confirm=True
+        )
         async for msg in self._watch:
             self.mirror.apply(msg)
             self.messages += 1

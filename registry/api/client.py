@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -154,8 +156,12 @@ class RegistryClient:
         req = pb.UpdateInstanceRequest(service=service, instance_id=instance_id, drain=drain)
         return await self._unary("UpdateInstance", req, pb.UpdateInstanceResponse)
 
-    async def resolve(self, service: str, min_revision: int = 0) -> pb.ResolveResponse:
-        req = pb.ResolveRequest(service=service, min_revision=min_revision)
+    async def resolve(
+        self, service: str, min_revision: int = 0, with_lease_time_left: bool = False
+    ) -> pb.ResolveResponse:
+        req = pb.ResolveRequest(
+            service=service, min_revision=min_revision, with_lease_time_left=with_lease_time_left
+        )
         return await self._unary("Resolve", req, pb.ResolveResponse)
 
     async def list_services(
@@ -191,9 +197,15 @@ class RegistryClient:
         """Many registrations over one stream (see `RegistrationStream`)."""
         return RegistrationStream(self)
 
-    def watch(self, from_revision: int = 0, subscriber_id: str = "", suffix: str = "") -> Watch:
+    def watch(
+        self,
+        from_revision: int = 0,
+        subscriber_id: str = "",
+        suffix: str = "",
+        explicit_confirm: bool = False,
+    ) -> Watch:
         """A resumable watch stream (see `Watch`)."""
-        return Watch(self, from_revision, subscriber_id, suffix)
+        return Watch(self, from_revision, subscriber_id, suffix, explicit_confirm=explicit_confirm)
 
 
 class RegistrationStream:
@@ -279,11 +291,16 @@ class Watch:
     """Iterate to receive `pb.WatchResponse` messages; resumes across replicas.
 
     `applied_revision` is the revision of the last complete message delivered
-    (the resume point after a failure). Asking for the next message confirms
-    that the previous one was applied; the latest confirmed revision is
-    reported to the registry (for lag tracking) at most once per
-    `ack_interval` seconds. `reconnects` counts resumptions;
-    `reconnect_delay` caps the backoff.
+    (the resume point after a failure). What counts as *applied* for the
+    registry's lag figures: by default, asking for the next message confirms
+    the previous one; with `explicit_confirm` the consumer calls
+    `confirm(revision)` when a change has taken effect where it matters (the
+    host agent: its data-path table). The latest confirmed revision is
+    reported at most once per `ack_interval` seconds, with the time from
+    receiving the DELTAS message that carried it to its confirmation
+    (`WatchApplied.apply_delay_us`), from which the replica measures
+    propagation. `reconnects` counts resumptions; `reconnect_delay` caps the
+    backoff.
     """
 
     client: RegistryClient
@@ -293,7 +310,23 @@ class Watch:
     reconnects: int = 0
     reconnect_delay: float = 1.0
     ack_interval: float = 1.0
+    explicit_confirm: bool = False
     _in_snapshot: bool = field(default=False, init=False)
+    # (revision, receive time) of recent DELTAS messages, oldest first.
+    _received: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=256), init=False)
+    # Latest confirmation (revision, apply delay in µs or None) and the stream's ack wake-up.
+    _confirmed: tuple[int, int | None] = field(default=(0, None), init=False)
+    _wake: asyncio.Event | None = field(default=None, init=False)
+
+    def confirm(self, revision: int) -> None:
+        """The changes up to `revision` have taken effect (with `explicit_confirm`; cheap)."""
+        if revision <= self._confirmed[0]:
+            return
+        received = next((t for r, t in reversed(self._received) if r == revision), None)
+        delay = None if received is None else round((time.monotonic() - received) * 1e6)
+        self._confirmed = (revision, delay)
+        if self._wake is not None:
+            self._wake.set()
 
     async def __aiter__(self) -> AsyncIterator[pb.WatchResponse]:
         delay = 0.05
@@ -319,8 +352,8 @@ class Watch:
     async def _stream(self) -> AsyncIterator[pb.WatchResponse]:
         start_from = 0 if self._in_snapshot else self.applied_revision
         start = pb.WatchStart(from_revision=start_from, subscriber_id=self.subscriber_id, suffix=self.suffix)
-        confirmed = start_from  # revisions the consumer has applied (it asked for more since)
         wake, stop = asyncio.Event(), asyncio.Event()
+        self._wake = wake
 
         async def requests() -> AsyncIterator[pb.WatchRequest]:
             """The start, then at most one `applied` ack per `ack_interval`, only when it changed."""
@@ -331,9 +364,10 @@ class Watch:
                 wake.clear()
                 if stop.is_set():
                     return
-                if confirmed > sent:
-                    sent = confirmed
-                    yield pb.WatchRequest(applied=pb.WatchApplied(revision=sent))
+                revision, apply_delay = self._confirmed
+                if revision > sent:
+                    sent = revision
+                    yield pb.WatchRequest(applied=pb.WatchApplied(revision=sent, apply_delay_us=apply_delay))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.ack_interval)
 
@@ -344,13 +378,15 @@ class Watch:
                 advanced = not self._in_snapshot and msg.revision > self.applied_revision
                 if advanced:
                     self.applied_revision = msg.revision
+                    if msg.kind == pb.WatchResponse.DELTAS:
+                        self._received.append((msg.revision, time.monotonic()))
                 yield msg
-                if advanced:  # the consumer asked for more: it has applied `msg`
-                    confirmed = msg.revision
-                    wake.set()
+                if advanced and not self.explicit_confirm:  # the consumer asked for more: `msg` applied
+                    self.confirm(msg.revision)
         finally:
             stop.set()
             wake.set()
+            self._wake = None
             call.cancel()
 
 

@@ -126,4 +126,14 @@ def cluster_status_to_pb(status: ClusterStatus) -> pb.ClusterStatusResponse:
         db_size_bytes=status.db_size_bytes,
         db_quota_bytes=status.db_quota_bytes,
         etcd_endpoint=status.endpoint,
+        compact_revision=status.compact_revision,
+        replicas=[
+            pb.ReplicaInfo(
+                replica_id=r.replica_id,
+                address=r.address,
+                version=r.version,
+                started_unix_ms=r.started_unix_ms,
+            )
+            for r in status.replicas
+        ],
     )

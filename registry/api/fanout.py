@@ -17,6 +17,11 @@ Contract:
   resumes from its last applied revision, on this replica or another.
 - `resync_all` is for when the view was rebuilt without continuity: every
   subscriber is closed and reconnects.
+- Propagation: the stream handler calls `written(sub)` after each write;
+  an ack that carries the subscriber's apply delay for a DELTAS message's
+  revision adds one sample to `propagation`: (written - published) + the
+  subscriber's delay, i.e. from this replica's view applying the revision
+  to the change taking effect at the subscriber, network transit excluded.
 - Single event loop: all methods are called from the loop's thread.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +59,38 @@ class SubscriberStats:
     queued_messages: int
 
 
+@dataclass(frozen=True, slots=True)
+class PropagationSample:
+    """One measured propagation to one subscriber (see module docstring)."""
+
+    subscriber_id: str
+    revision: int
+    seconds: float
+    at_unix: float
+
+
+class WriteLog:
+    """When the last `size` DELTAS messages were written to one stream: two fixed arrays
+    (1 KiB per subscriber at the default size), so 1,000 subscribers cost ~1 MiB."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._revisions = array("q", bytes(8 * size))
+        self._times = array("d", bytes(8 * size))
+        self._next = 0
+
+    def add(self, revision: int, at: float) -> None:
+        self._revisions[self._next] = revision
+        self._times[self._next] = at
+        self._next = (self._next + 1) % len(self._revisions)
+
+    def time_of(self, revision: int) -> float | None:
+        """When the message with `revision` was written, if it is among the last `size`."""
+        for i, r in enumerate(self._revisions):
+            if r == revision and revision:
+                return self._times[i]
+        return None
+
+
 class Subscription:
     """One watch stream's pending messages. Owned by the hub; drained by the stream handler."""
 
@@ -64,8 +102,10 @@ class Subscription:
         self.floor = floor
         self.applied_revision = floor
         self._max_queued = max_queued
-        # (encoded message, is it a DELTAS message?)
-        self._queue: deque[tuple[bytes, bool]] = deque()
+        # (encoded message, its revision if it is a DELTAS message else 0)
+        self._queue: deque[tuple[bytes, int]] = deque()
+        self._popped = 0  # revision of the DELTAS message last handed out (0: another kind)
+        self.written = WriteLog()
         self._snapshot: Iterator[bytes] | None = None
         self._wake = asyncio.Event()
         self.closed_reason: str | None = None
@@ -74,11 +114,11 @@ class Subscription:
     def queued(self) -> int:
         return len(self._queue)
 
-    def offer(self, message: bytes, deltas: bool = True) -> bool:
-        """Queue a message (`deltas`: a DELTAS message); False, and nothing queued, if full."""
+    def offer(self, message: bytes, deltas_revision: int = 0) -> bool:
+        """Queue a message (a DELTAS message gives its revision); False, and nothing queued, if full."""
         if len(self._queue) >= self._max_queued:
             return False
-        self._queue.append((message, deltas))
+        self._queue.append((message, deltas_revision))
         self._wake.set()
         return True
 
@@ -103,6 +143,7 @@ class Subscription:
         while True:
             if self.closed_reason is not None:
                 raise SubscriptionClosed(self.closed_reason)
+            self._popped = 0
             if self._snapshot is not None:
                 chunk = next(self._snapshot, None)
                 if chunk is not None:
@@ -113,13 +154,19 @@ class Subscription:
             self._wake.clear()
             await self._wake.wait()
 
+    def note_written(self, now: float) -> None:
+        """The message last handed out was written to the stream at `now`."""
+        if self._popped:
+            self.written.add(self._popped, now)
+
     def _pop_merged(self) -> bytes:
-        message, deltas = self._queue.popleft()
-        if not deltas or not self._queue or not self._queue[0][1]:
+        message, revision = self._queue.popleft()
+        self._popped = revision
+        if not revision or not self._queue or not self._queue[0][1]:
             return message
         parts, size = [message], len(message)
         while self._queue and self._queue[0][1] and size + len(self._queue[0][0]) <= MAX_MERGED_BYTES:
-            part = self._queue.popleft()[0]
+            part, self._popped = self._queue.popleft()
             parts.append(part)
             size += len(part)
         return b"".join(parts)
@@ -137,6 +184,8 @@ class Hub:
         max_queued: int = 4096,
         snapshot_chunk: int = 500,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        propagation_window: int = 1024,
     ) -> None:
         self._view = view
         self._history = history
@@ -144,6 +193,9 @@ class Hub:
         self._max_queued = max_queued
         self._chunk = snapshot_chunk
         self._clock = clock
+        self._wall_clock = wall_clock
+        # The most recent propagation samples, oldest first.
+        self.propagation: deque[PropagationSample] = deque(maxlen=propagation_window)
         self._subs: set[Subscription] = set()
         # (revision, publish time) of recent publishes, ascending, for lag in seconds.
         self._pub_revisions: list[int] = []
@@ -168,9 +220,9 @@ class Hub:
             wanted = [d for d in missed if matches_suffix(d.service, suffix)]
             for start in range(0, len(wanted), self._chunk):
                 part = wanted[start : start + self._chunk]
-                sub.offer(self._encode_deltas(part, part[-1].revision))
+                sub.offer(self._encode_deltas(part, part[-1].revision), part[-1].revision)
             if not wanted:
-                sub.offer(self._progress_bytes(), deltas=False)
+                sub.offer(self._progress_bytes())
         self._subs.add(sub)
         return sub
 
@@ -192,14 +244,14 @@ class Hub:
                 msg = encoded[sub.suffix]
             else:
                 msg = encoded[sub.suffix] = self._filtered(deltas, sub, revision)
-            if msg and not sub.offer(msg):
+            if msg and not sub.offer(msg, revision):
                 self._close_slow(sub)
 
     def progress(self) -> None:
         """Tell every idle subscriber the view's revision (keeps streams and lag fresh)."""
         msg = self._progress_bytes()
         for sub in list(self._subs):
-            if sub.queued == 0 and not sub.offer(msg, deltas=False):
+            if sub.queued == 0 and not sub.offer(msg):
                 self._close_slow(sub)
 
     def resync_all(self, reason: str) -> None:
@@ -208,8 +260,23 @@ class Hub:
             sub.close(reason)
         self._subs.clear()
 
-    def record_applied(self, sub: Subscription, revision: int) -> None:
+    def written(self, sub: Subscription) -> None:
+        """`sub`'s stream has just written the message it last took."""
+        sub.note_written(self._clock())
+
+    def record_applied(self, sub: Subscription, revision: int, apply_delay_us: int | None = None) -> None:
+        """An ack: `sub` applied up to `revision`; with its delay, a propagation sample if measurable."""
         sub.applied_revision = max(sub.applied_revision, revision)
+        if apply_delay_us is None or apply_delay_us < 0:
+            return
+        written = sub.written.time_of(revision)
+        i = bisect.bisect_left(self._pub_revisions, revision)
+        if written is None or i == len(self._pub_revisions) or self._pub_revisions[i] != revision:
+            return  # not a DELTAS message this replica published and wrote to `sub` recently
+        seconds = max(0.0, written - self._pub_times[i]) + apply_delay_us / 1e6
+        self.propagation.append(
+            PropagationSample(sub.subscriber_id or sub.peer, revision, seconds, self._wall_clock())
+        )
 
     def stats(self) -> list[SubscriberStats]:
         now, view_rev = self._clock(), self._view.revision

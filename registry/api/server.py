@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,13 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from registry import __version__
+from registry import __version__, presence
 from registry.api import convert
 from registry.api.fanout import Hub
 from registry.api.servicer import RegistryServicer
 from registry.api.v1 import registry_pb2 as pb
 from registry.follower import Follower
-from registry.raft.store import Store
+from registry.raft.store import ReplicaRecord, Store
 from registry.service import RegistryService
 from registry.view import History, View
 
@@ -49,6 +50,10 @@ class ReplicaConfig:
     listen: str = "127.0.0.1:7070"
     prefix: str = "/serval"
     replica_id: str = ""
+    # host:port announced to the other replicas and to operators (default: the
+    # listen address, with this host's name when listening on every interface).
+    advertise: str = ""
+    announce_ttl: int = presence.DEFAULT_TTL_SECONDS
     history_size: int = 100_000
     max_queued: int = 4096
     progress_interval: float = 5.0
@@ -80,6 +85,7 @@ class Replica:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
+        self.address = ""
 
     async def start(self) -> int:
         """Bind and start serving; return the bound port."""
@@ -103,6 +109,8 @@ class Replica:
             raise OSError(f"cannot listen on {self.config.listen}")
         if not self.replica_id:
             self.replica_id = self.hub.replica_id = f"{socket.gethostname()}:{self.port}"
+        self.address = self.config.advertise or advertised_address(self.config.listen, self.port)
+        record = ReplicaRecord(self.replica_id, self.address, __version__, round(time.time() * 1000))
         await self._set_health(False)
         await server.start()
         self._server = server
@@ -110,6 +118,9 @@ class Replica:
             asyncio.create_task(self.follower.run(), name="follower"),
             asyncio.create_task(self._progress_loop(), name="progress"),
             asyncio.create_task(self._health_loop(), name="health"),
+            asyncio.create_task(
+                presence.announce(self.store, record, self.config.announce_ttl), name="announce"
+            ),
         ]
         log.info("registry replica %s serving on %s", self.replica_id, self.config.listen)
         return self.port
@@ -142,6 +153,13 @@ class Replica:
         msg.services = self.view.service_count
         msg.instances = self.view.instance_count
         msg.history_start_revision = self.history.start_revision
+        for p in self.hub.propagation:
+            msg.propagation.add(
+                subscriber_id=p.subscriber_id,
+                revision=p.revision,
+                seconds=p.seconds,
+                at_unix_ms=round(p.at_unix * 1000),
+            )
         for s in self.hub.stats():
             msg.subscribers.add(
                 subscriber_id=s.subscriber_id,
@@ -152,6 +170,11 @@ class Replica:
                 queued_messages=s.queued_messages,
             )
         return msg
+
+    async def _announce(self, record: ReplicaRecord) -> None:
+        """Announce this replica once its view is loaded (it can serve), until stopped."""
+        await self.follower.wait_ready()
+        await presence.announce(self.store, record, self.config.announce_ttl)
 
     async def _progress_loop(self) -> None:
         while True:
@@ -173,6 +196,14 @@ class Replica:
         )
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
+
+
+def advertised_address(listen: str, port: int) -> str:
+    """`listen` with the bound `port`; a wildcard host becomes this host's name."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _serialize(message: Any) -> bytes:

@@ -163,9 +163,14 @@ class RegistryServicer:
         insts, revision, sid = await _call(
             context, self._service.resolve(request.service, request.min_revision)
         )
-        return pb.ResolveResponse(
+        answer = pb.ResolveResponse(
             instances=[convert.instance_to_pb(i) for i in insts], revision=revision, service_id=sid
         )
+        if request.with_lease_time_left:
+            left = await _call(context, self._service.lease_times_left(i.lease_id for i in insts))
+            for msg in answer.instances:
+                msg.lease_time_left_seconds = left.get(msg.lease_id, -1)
+        return answer
 
     async def ListServices(self, request: pb.ListServicesRequest, context: Ctx) -> pb.ListServicesResponse:
         page, token, revision = await _call(
@@ -207,6 +212,7 @@ class RegistryServicer:
         try:
             while True:
                 await context.write(await sub.next_message())
+                self._hub.written(sub)
         except SubscriptionClosed as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         finally:
@@ -221,7 +227,9 @@ class RegistryServicer:
             if msg is grpc.aio.EOF:
                 return
             if isinstance(msg, pb.WatchRequest) and msg.HasField("applied"):
-                self._hub.record_applied(sub, msg.applied.revision)
+                applied = msg.applied
+                delay = applied.apply_delay_us if applied.HasField("apply_delay_us") else None
+                self._hub.record_applied(sub, applied.revision, delay)
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: Ctx) -> pb.ClusterStatusResponse:
         return await _call(context, self._status())

@@ -7,12 +7,13 @@ Retried writes are compare-and-swap and recognise their own commit; a retried
 delete or revoke that finds nothing counts as done.
 
 This module composes the store from its parts, and holds the calls that need
-nothing more than one request with failover (leases, delete, reads, compact):
+nothing more than one request with failover (leases, delete, reads, compact,
+replica announcements):
 - `connection`: endpoint pool, failover and retry budget, error translation;
 - `writes`: `put_instances` and `replace_instance` as `plan`'s transactions;
 - `keepalive`: the one lease keep-alive stream shared by all refreshes;
 - `watch`: the instance watch stream, re-created across endpoint failures;
-- `status`: cluster status, member by member.
+- `status`: cluster status, member by member, and etcd's last compaction.
 Every decision that can be pure lives elsewhere: keys in `keys`, record
 encoding in `records`, what to compare and put in `plan`, protobuf
 conversions in `convert`.
@@ -24,7 +25,10 @@ open then ends with `Unavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
+import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +48,17 @@ from registry.raft.connection import (
 from registry.raft.convert import decode_instance
 from registry.raft.keepalive import KeepAlive
 from registry.raft.keys import KeySchema, range_end
-from registry.raft.status import cluster_status
-from registry.raft.store import ClusterStatus, InstanceWrite, Lease, Snapshot, WatchBatch, WriteOutcome
+from registry.raft.records import RecordError, decode_replica, encode_replica
+from registry.raft.status import cluster_status, compact_revision
+from registry.raft.store import (
+    ClusterStatus,
+    InstanceWrite,
+    Lease,
+    ReplicaRecord,
+    Snapshot,
+    WatchBatch,
+    WriteOutcome,
+)
 from registry.raft.watch import watch_instances
 from registry.raft.writes import InstanceWriter
 
@@ -54,6 +67,8 @@ if TYPE_CHECKING:
 
 # aetcd's generated protobuf modules are untyped; `_Pb` marks a protobuf message.
 _Pb = Any
+
+log = logging.getLogger(__name__)
 
 _SNAPSHOT_ATTEMPTS = 3
 
@@ -120,6 +135,26 @@ class EtcdStore:
 
         try:
             return await self._pool.call("lease revoke", revoke)
+        except LeaseNotFound:
+            raise plan.lease_not_found(lease_id) from None
+
+    async def lease_time_left(self, lease_id: int) -> int:
+        """Whole seconds the lease has left (etcd's LeaseTimeToLive); -1 once it is gone."""
+        response = await self._pool.call(
+            "lease time-to-live",
+            lambda c, t: c.lease.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=lease_id), timeout=t),
+        )
+        return max(-1, int(response.TTL))
+
+    async def announce_replica(self, record: ReplicaRecord, lease_id: int) -> None:
+        """Put the replica's announcement on `lease_id`; `NotFound` if the lease is gone."""
+        request = rpc.PutRequest(
+            key=self._keys.replica_key(record.replica_id), value=encode_replica(record), lease=lease_id
+        )
+        try:
+            await self._pool.call(
+                "replica announcement", lambda c, t: c.kv.Put(request, timeout=t, metadata=REQUIRE_LEADER)
+            )
         except LeaseNotFound:
             raise plan.lease_not_found(lease_id) from None
 
@@ -221,8 +256,26 @@ class EtcdStore:
             )
 
     async def cluster_status(self) -> ClusterStatus:
-        """Members and each one's own status (unreachable ones flagged, not raised)."""
-        return await cluster_status(self._pool, self._db_quota_bytes)
+        """Members and each one's own status (unreachable ones flagged, not raised), etcd's
+        last compaction and the replica announcements (undecodable ones logged, skipped)."""
+        status, compacted, replicas = await asyncio.gather(
+            cluster_status(self._pool, self._db_quota_bytes),
+            compact_revision(self._pool),
+            self._replicas(),
+        )
+        return dataclasses.replace(status, compact_revision=compacted, replicas=replicas)
+
+    async def _replicas(self) -> tuple[ReplicaRecord, ...]:
+        prefix = self._keys.replicas_prefix
+        request = rpc.RangeRequest(key=prefix, range_end=range_end(prefix))
+        response = await self._pool.call("replica list", lambda c, t: c.kv.Range(request, timeout=t))
+        records = []
+        for kv in response.kvs:
+            try:
+                records.append(decode_replica(bytes(kv.value)))
+            except RecordError as e:
+                log.warning("skipping replica announcement %r: %s", bytes(kv.key), e)
+        return tuple(sorted(records, key=lambda r: r.replica_id))
 
     async def close(self) -> None:
         """End the keep-alive stream and close every connection; the store is unusable afterwards."""

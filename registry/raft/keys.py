@@ -6,6 +6,8 @@ Every key lives under one configurable prefix (default ``/serval``):
   to the registering client's lease. Service names are DNS names and instance
   IDs are ``[A-Za-z0-9._:-]``, so neither contains ``/`` and a key parses back
   unambiguously.
+- ``{prefix}/replica/{replica_id}`` announces a running registry replica, on
+  that replica's own lease (the ID percent-encoded, so it never holds ``/``).
 - ``{prefix}/sid/{64 hex digits}`` claims a service ID for the service name in
   its value. Claims have no lease: once a name owns an ID it keeps it, and a
   different name that hashes to the same ID is refused.
@@ -16,10 +18,12 @@ Keys are ``bytes`` because etcd keys are; the text is always ASCII.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 DEFAULT_PREFIX = "/serval"
 _INSTANCES = "inst"
 _CLAIMS = "sid"
+_REPLICAS = "replica"
 
 
 class BadKey(ValueError):
@@ -49,6 +53,15 @@ class KeySchema:
     def claims_prefix(self) -> bytes:
         """The prefix of every service-ID claim key (``{prefix}/sid/``)."""
         return f"{self.prefix}/{_CLAIMS}/".encode()
+
+    @property
+    def replicas_prefix(self) -> bytes:
+        """The prefix of every replica announcement key (``{prefix}/replica/``)."""
+        return f"{self.prefix}/{_REPLICAS}/".encode()
+
+    def replica_key(self, replica_id: str) -> bytes:
+        """The announcement key of `replica_id` (percent-encoded: any text is a valid ID)."""
+        return self.replicas_prefix + quote(replica_id, safe="").encode()
 
     def service_prefix(self, service: str) -> bytes:
         """The prefix of every instance key of `service`."""

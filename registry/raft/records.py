@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from registry.model import DEFAULT_WEIGHT, Instance
+from registry.raft.store import ReplicaRecord
 
 RECORD_VERSION = 1
 _T = TypeVar("_T")
@@ -121,6 +122,36 @@ def _get(body: Mapping[str, object], name: str, kind: type[_T], default: _T | No
     if not isinstance(value, kind) or type(value) is not kind:
         raise RecordError(f"field {name!r} is {type(value).__name__}, expected {kind.__name__}")
     return value
+
+
+def encode_replica(record: ReplicaRecord) -> bytes:
+    """The record of a replica announcement (same JSON conventions as instances)."""
+    body = {
+        "v": RECORD_VERSION,
+        "id": record.replica_id,
+        "addr": record.address,
+        "version": record.version,
+        "started_ms": record.started_unix_ms,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_replica(value: bytes) -> ReplicaRecord:
+    """Decode a replica announcement; `RecordError` if it is not one this release reads."""
+    try:
+        body = json.loads(value)
+    except ValueError as e:
+        raise RecordError(f"replica record is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise RecordError(f"replica record is a JSON {type(body).__name__}, not an object")
+    if body.get("v") != RECORD_VERSION:
+        raise UnknownVersion(body.get("v"))
+    return ReplicaRecord(
+        replica_id=_get(body, "id", str, None),
+        address=_get(body, "addr", str, ""),
+        version=_get(body, "version", str, ""),
+        started_unix_ms=_get(body, "started_ms", int, 0),
+    )
 
 
 # One decoder per schema version; add v2 here, keep v1 for old records.

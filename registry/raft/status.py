@@ -6,6 +6,12 @@ member directly, at its first client URL, within a short timeout. A member
 that does not answer is reported `reachable=False` with the error, never
 raised. The leader is the one named by the reachable member with the highest
 raft term; revision and database size are the highest any member reports.
+
+`compact_revision(pool)` is etcd's last compaction (0 if history was never
+compacted). etcd has no call that reports it, so it is probed: a read at
+revision 1 succeeds while nothing was compacted; otherwise a watch on a key
+that is never written, from revision 1, is cancelled by etcd with the
+compaction revision. `Unavailable` if no member answers.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ from typing import Any
 
 from aetcd import rpc
 
-from registry.raft.connection import TIMEOUT_SLACK_SECONDS, Pool, open_client
+from registry.raft.connection import (
+    TIMEOUT_SLACK_SECONDS,
+    BidiStream,
+    Connection,
+    EndpointFailure,
+    Pool,
+    RevisionCompacted,
+    open_client,
+)
 from registry.raft.store import ClusterStatus, MemberStatus
 
 # aetcd's generated protobuf modules are untyped; `_Pb` marks a protobuf message.
@@ -42,6 +56,39 @@ async def cluster_status(pool: Pool, db_quota_bytes: int) -> ClusterStatus:
         db_quota_bytes=db_quota_bytes,
         endpoint=pool.endpoint,
     )
+
+
+_NEVER_WRITTEN = b"\0serval/compaction-probe"
+
+
+async def compact_revision(pool: Pool) -> int:
+    """etcd's last compaction revision; 0 if history was never compacted (see module docstring)."""
+    try:
+        await pool.call(
+            "compaction probe",
+            lambda c, t: c.kv.Range(rpc.RangeRequest(key=_NEVER_WRITTEN, revision=1), timeout=t),
+        )
+        return 0
+    except RevisionCompacted:
+        return await pool.call("compaction probe", _watch_for_compaction)
+
+
+async def _watch_for_compaction(conn: Connection, timeout: float) -> int:
+    stream = BidiStream(conn.watch.Watch)
+    try:
+        create = rpc.WatchCreateRequest(key=_NEVER_WRITTEN, start_revision=1)
+        await stream.write(rpc.WatchRequest(create_request=create))
+        async with asyncio.timeout(timeout):
+            while (response := await stream.read(rpc.WatchResponse)) is not None:
+                if response.compact_revision:
+                    return int(response.compact_revision)
+                if response.canceled:
+                    break
+        raise EndpointFailure("etcd ended the compaction probe without a compaction revision")
+    except TimeoutError:
+        raise EndpointFailure(f"no compaction revision from etcd within {timeout:g}s") from None
+    finally:
+        await stream.end()
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,8 +108,22 @@ class MemberStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """A registry replica's announcement of itself (kept under the replica's own lease)."""
+
+    replica_id: str
+    address: str
+    version: str
+    started_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterStatus:
-    """The etcd cluster behind a store."""
+    """The etcd cluster behind a store, and the registry replicas announced in it.
+
+    `compact_revision` is etcd's last compaction (0: history was never
+    compacted); `replicas` is every live announcement, by replica ID.
+    """
 
     members: tuple[MemberStatus, ...]
     leader_id: int
@@ -118,6 +132,8 @@ class ClusterStatus:
     db_quota_bytes: int
     endpoint: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    compact_revision: int = 0
+    replicas: tuple[ReplicaRecord, ...] = ()
 
 
 class Compacted(RegistryError):
@@ -163,6 +179,17 @@ class Store(Protocol):
         """
         ...
 
+    async def lease_time_left(self, lease_id: int) -> int:
+        """Whole seconds `lease_id` has left; -1 if it has expired or never existed."""
+        ...
+
+    async def announce_replica(self, record: ReplicaRecord, lease_id: int) -> None:
+        """Put (or overwrite) `record` on `lease_id`: it lives as long as that lease.
+
+        `NotFound` if the lease does not exist (expired: grant a new one).
+        """
+        ...
+
     async def snapshot(self) -> Snapshot:
         """Every instance, read consistently at one revision."""
         ...
@@ -176,7 +203,7 @@ class Store(Protocol):
         ...
 
     async def cluster_status(self) -> ClusterStatus:
-        """Members, leader, revision and database size of the etcd cluster."""
+        """Members, leader, revision, database size, last compaction; the announced replicas."""
         ...
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ from registry.raft.store import (
     InstanceWrite,
     Lease,
     MemberStatus,
+    ReplicaRecord,
     Snapshot,
     StoreEvent,
     WatchBatch,
@@ -44,6 +45,7 @@ class FakeStore:
         self._changed = asyncio.Condition()
         self.fail_next = 0
         self.put_calls = 0
+        self.replicas: dict[str, tuple[ReplicaRecord, int]] = {}  # replica id -> (record, lease)
 
     def _check(self) -> None:
         if self.fail_next:
@@ -80,12 +82,24 @@ class FakeStore:
     async def expire(self, lease_id: int) -> None:
         """End a lease now, deleting its instances in one revision."""
         del self.leases[lease_id]
+        self.replicas = {k: v for k, v in self.replicas.items() if v[1] != lease_id}
         doomed = [k for k, i in self.instances.items() if i.lease_id == lease_id]
         if doomed:
             self.revision += 1
             for key in doomed:
                 del self.instances[key]
             await self._commit([InstanceDeleted(s, i, self.revision) for s, i in doomed])
+
+    async def lease_time_left(self, lease_id: int) -> int:
+        self._check()
+        return int(self.leases[lease_id]) if lease_id in self.leases else -1
+
+    async def announce_replica(self, record: ReplicaRecord, lease_id: int) -> None:
+        self._check()
+        if lease_id not in self.leases:
+            raise NotFound(f"lease {lease_id:#x} not found")
+        self.revision += 1
+        self.replicas[record.replica_id] = (record, lease_id)
 
     async def advance(self, seconds: float) -> None:
         """Let time pass: leases whose TTL runs out expire."""
@@ -188,7 +202,16 @@ class FakeStore:
     async def cluster_status(self) -> ClusterStatus:
         self._check()
         member = MemberStatus(1, "fake", ("fake://0",), True, True, 4096, "fake")
-        return ClusterStatus((member,), 1, self.revision, 4096, 2 * 1024**3, "fake://0")
+        return ClusterStatus(
+            (member,),
+            1,
+            self.revision,
+            4096,
+            2 * 1024**3,
+            "fake://0",
+            compact_revision=self.compacted,
+            replicas=tuple(record for _, (record, _lease) in sorted(self.replicas.items())),
+        )
 
     async def close(self) -> None:
         pass

@@ -41,6 +41,10 @@ async def registry(registry_target: str) -> AsyncIterator[tuple[str, RegistryCli
         await registry_client.close()
 
 
+async def _has_instances(reg: RegistryClient, service: str) -> bool:
+    return bool((await reg.resolve(service)).instances)
+
+
 def rule_kinds(fake: FakeDatapath) -> dict[tuple[bytes, int], tuple[RuleKind, tuple[Target, ...]]]:
     return {(r.prefix, r.prefix_bits): (r.kind, r.targets) for r in fake.rules}
 
@@ -71,6 +75,8 @@ async def test_agent_registers_listeners_and_applies_the_desired_table(
     await agent.start()
     try:
         # the host record, on the agent's lease
+        # (the replica's view follows etcd's commit within milliseconds; no read-your-writes)
+        await eventually(lambda: _has_instances(reg, AGENTS_SERVICE))
         (host,) = (await reg.resolve(AGENTS_SERVICE)).instances
         assert host.instance_id == "agent-1" and list(host.addresses) == ["10.1.0.1"]
         assert host.metadata[SAL_PORT_KEY] == "17946" and host.lease_id == agent.session.lease_id != 0

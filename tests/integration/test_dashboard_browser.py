@@ -62,6 +62,19 @@ async def test_live_overview_and_drain_through_the_ui(etcd_single: Any, etcd_pre
             assert {i.instance_id: i.weight for i in resolved.instances}["i-1"] == 0
             await wait_for(lambda: rig.state.audit and rig.state.audit[-1]["action"] == "drain")
 
+            # Undrain restores the weight it had; the weight form sets a new one.
+            await row.locator("button.undrain").click()
+            await expect(row.locator(".weight")).to_have_text("40")
+            await row.locator("input[name='weight']").fill("75")
+            await row.locator("button.set-weight").click()
+            await expect(row.locator(".weight")).to_have_text("75")
+            resolved = await rig.registry.resolve("checkout.prod")
+            assert {i.instance_id: (i.weight, i.drained) for i in resolved.instances}["i-1"] == (75, False)
+            await expect(row.locator(".lease")).to_contain_text("left of")
+            await page.screenshot(path=SHOTS / "service-after-actions.png")
+            actions = [a["action"] for a in rig.state.audit]
+            assert actions[-3:] == ["drain", "undrain", "weight=75"]
+
             for name in ("agents", "propagation", "events"):
                 await page.goto(f"{rig.base_url}/{name}")
                 await expect(page.locator("h1")).to_be_visible()

@@ -436,3 +436,71 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered(start_rep
     assert err.value.code == StatusCode.RESOURCE_EXHAUSTED
     assert "too slow" in err.value.details
     await asyncio.sleep(0.1)
+
+
+async def wait_status(
+    client: RegistryClient, until: Callable[[pb.ClusterStatusResponse], bool], timeout: float = 10
+) -> pb.ClusterStatusResponse:
+    """Poll ClusterStatus every 0.1 s until `until` holds, for up to `timeout`; the last answer."""
+    for _ in range(round(timeout / 0.1)):
+        status = await client.cluster_status()
+        if until(status):
+            break
+        await asyncio.sleep(0.1)
+    return status
+
+
+async def test_status_lists_every_live_replica_and_drops_a_stopped_one(start_replica: StartReplica) -> None:
+    r1, client = await start_replica()
+    r2, _ = await start_replica(advertise="registry-2.example:7070")
+    status = await wait_status(client, lambda s: len(s.replicas) == 2)
+    assert [(r.replica_id, r.address) for r in status.replicas] == [
+        ("r1", f"127.0.0.1:{r1.port}"),
+        ("r2", "registry-2.example:7070"),
+    ]
+    assert all(r.version and r.started_unix_ms > 0 for r in status.replicas)
+    await r2.stop(grace=0.1)  # a clean stop revokes its announcement's lease at once
+    status = await wait_status(client, lambda s: len(s.replicas) == 1, timeout=3)
+    assert [r.replica_id for r in status.replicas] == ["r1"]
+
+
+async def test_status_reports_etcds_last_compaction(start_replica: StartReplica) -> None:
+    replica, client = await start_replica()
+    reg = await client.register(inst("i1"))
+    await replica.store.compact(reg.revision)
+    assert (await client.cluster_status()).compact_revision == reg.revision
+
+
+async def test_resolve_reports_lease_time_left_only_when_asked(start_replica: StartReplica) -> None:
+    _, client = await start_replica()
+    reg = await client.register(inst("i1", ttl_seconds=30))
+    plain = await client.resolve("payments.prod", min_revision=reg.revision)
+    assert not plain.instances[0].HasField("lease_time_left_seconds")
+    await asyncio.sleep(1.2)
+    asked = await client.resolve("payments.prod", with_lease_time_left=True)
+    assert 20 <= asked.instances[0].lease_time_left_seconds <= 29
+
+
+async def test_acks_with_apply_delays_become_propagation_samples(start_replica: StartReplica) -> None:
+    _, client = await start_replica()
+    watch = client.watch(subscriber_id="agent/slow", explicit_confirm=True)
+    watch.ack_interval = 0.05
+    revisions: list[int] = []
+
+    async def register_spaced() -> None:
+        for n in range(4):
+            revisions.append((await client.register(inst(f"i{n}"))).revision)
+            await asyncio.sleep(0.3)
+
+    writer = asyncio.create_task(register_spaced())
+    async for msg in watch:
+        if msg.kind == pb.WatchResponse.DELTAS:
+            await asyncio.sleep(0.1)  # the subscriber takes 100 ms to apply each change
+            watch.confirm(msg.revision)
+        if len(revisions) == 4 and watch.applied_revision >= revisions[-1]:
+            break
+    await writer
+    status = await wait_status(client, lambda s: len(s.propagation) >= 4)
+    samples = [p for p in status.propagation if p.subscriber_id == "agent/slow"]
+    assert [p.revision for p in samples] == revisions
+    assert all(0.1 <= p.seconds < 1.0 and p.at_unix_ms > 0 for p in samples)

@@ -93,3 +93,24 @@ def test_latency_samples_only_stamped_registrations() -> None:
 )
 def test_percentile_nearest_rank(values: list[float], p: float, want: float) -> None:
     assert percentile(values, p) == want
+
+
+def sample(at_ms: int, subscriber: str, revision: int, seconds: float) -> pb.PropagationSample:
+    return pb.PropagationSample(
+        subscriber_id=subscriber, revision=revision, seconds=seconds, at_unix_ms=at_ms
+    )
+
+
+def test_propagation_keeps_each_replicas_samples_once_and_summarises_agents() -> None:
+    m = Model()
+    first = [sample(1_000, "agent/a", 5, 0.010), sample(1_500, "dashboard", 5, 0.001)]
+    assert m.add_propagation("r1", first) == 2
+    # the next poll returns the same window plus a new sample: only the new one is kept
+    assert m.add_propagation("r1", [*first, sample(2_000, "agent/b", 6, 0.030)]) == 1
+    # another replica's samples with the same keys are its own
+    assert m.add_propagation("r2", [sample(2_000, "agent/b", 6, 0.020)]) == 1
+    window = m.propagation_window(now=2.5, window=10)
+    # p50/p99/max over the agents only; the table has every subscriber, slowest p99 first
+    assert (window["samples"], window["p50"], window["max"]) == (3.0, 0.020, 0.030)
+    assert [r["subscriber"] for r in window["subscribers"]] == ["agent/b", "agent/a", "dashboard"]
+    assert [p.subscriber for p in m.recent_propagation(2.5, 1.2, agents_only=True)] == ["agent/b", "agent/b"]

@@ -185,3 +185,28 @@ async def test_progress_is_never_merged_into_deltas() -> None:
     feed(view, hist, hub, put("a", "2", 2))
     first, second = decode(await sub.next_message()), decode(await sub.next_message())
     assert (first.kind, second.kind) == (pb.WatchResponse.PROGRESS, pb.WatchResponse.DELTAS)
+
+
+async def test_propagation_is_send_delay_plus_apply_delay_for_written_deltas_only() -> None:
+    now = [100.0]
+    view = View()
+    hist = History(view.revision, 1000)
+    hub = Hub(view, hist, "r1", clock=lambda: now[0], wall_clock=lambda: 1_700_000_000.0)
+    sub = hub.subscribe("agent/a", "peer", 0, "")
+    assert decode(await sub.next_message()).kind == pb.WatchResponse.SNAPSHOT_END
+    hub.written(sub)
+    feed(view, hist, hub, put("a", "1", 2))  # published at 100.0
+    feed(view, hist, hub, put("a", "2", 3))
+    now[0] = 100.25
+    merged = decode(await sub.next_message())  # both DELTAS go out as one message, revision 3
+    assert merged.revision == 3
+    hub.written(sub)
+    hub.record_applied(sub, 1, 1000)  # the snapshot's revision: no DELTAS written, no sample
+    hub.record_applied(sub, 3)  # no delay reported: lag only
+    assert not hub.propagation and sub.applied_revision == 3
+    hub.record_applied(sub, 3, 50_000)
+    hub.record_applied(sub, 2, 50_000)  # revision 2 was not a message of its own: no sample
+    assert [(p.subscriber_id, p.revision, round(p.seconds, 3)) for p in hub.propagation] == [
+        ("agent/a", 3, 0.3)
+    ]
+    assert hub.propagation[0].at_unix == 1_700_000_000.0

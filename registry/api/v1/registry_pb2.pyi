@@ -88,6 +88,7 @@ class Instance(_message.Message):
     CREATE_REVISION_FIELD_NUMBER: _builtins.int
     MOD_REVISION_FIELD_NUMBER: _builtins.int
     SERVICE_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TIME_LEFT_SECONDS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """Service name, DNS-style, most specific label first ("payments.prod.acme")."""
     instance_id: _builtins.str
@@ -114,6 +115,11 @@ class Instance(_message.Message):
     mod_revision: _builtins.int
     service_id: _builtins.str
     """Read-only: 64 hex characters of the service ID derived from `service`."""
+    lease_time_left_seconds: _builtins.int
+    """Seconds the instance's lease has left (etcd's LeaseTimeToLive); set only
+    when the request asked for it (ResolveRequest.with_lease_time_left); -1:
+    the lease has already expired or is unknown to etcd.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """IPv4 and/or IPv6 addresses in text form; at least one, at most 16."""
@@ -142,12 +148,15 @@ class Instance(_message.Message):
         create_revision: _builtins.int = ...,
         mod_revision: _builtins.int = ...,
         service_id: _builtins.str = ...,
+        lease_time_left_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["locality", b"locality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_time_left_seconds", b"_lease_time_left_seconds", "lease_time_left_seconds", b"lease_time_left_seconds", "locality", b"locality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "create_revision", b"create_revision", "drained", b"drained", "drained_weight", b"drained_weight", "instance_id", b"instance_id", "lease_id", b"lease_id", "locality", b"locality", "metadata", b"metadata", "mod_revision", b"mod_revision", "port", b"port", "service", b"service", "service_id", b"service_id", "tier", b"tier", "ttl_seconds", b"ttl_seconds", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_time_left_seconds", b"_lease_time_left_seconds", "addresses", b"addresses", "create_revision", b"create_revision", "drained", b"drained", "drained_weight", b"drained_weight", "instance_id", b"instance_id", "lease_id", b"lease_id", "lease_time_left_seconds", b"lease_time_left_seconds", "locality", b"locality", "metadata", b"metadata", "mod_revision", b"mod_revision", "port", b"port", "service", b"service", "service_id", b"service_id", "tier", b"tier", "ttl_seconds", b"ttl_seconds", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lease_time_left_seconds: _TypeAlias = _typing.Literal["lease_time_left_seconds"]  # noqa: Y015
+    _WhichOneofArgType__lease_time_left_seconds: _TypeAlias = _typing.Literal["_lease_time_left_seconds", b"_lease_time_left_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_time_left_seconds) -> _WhichOneofReturnType__lease_time_left_seconds | None: ...
 
 Global___Instance: _TypeAlias = Instance  # noqa: Y015
 
@@ -497,20 +506,26 @@ class ResolveRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     MIN_REVISION_FIELD_NUMBER: _builtins.int
+    WITH_LEASE_TIME_LEFT_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     min_revision: _builtins.int
     """Wait (briefly) until the replica's view has reached this revision, e.g.
     the revision a Register returned, for read-your-writes across replicas.
+    """
+    with_lease_time_left: _builtins.bool
+    """Also ask etcd how long each instance's lease has left (one LeaseTimeToLive
+    call per distinct lease): fills Instance.lease_time_left_seconds.
     """
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         min_revision: _builtins.int = ...,
+        with_lease_time_left: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_revision", b"min_revision", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_revision", b"min_revision", "service", b"service", "with_lease_time_left", b"with_lease_time_left"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,18 +682,28 @@ class WatchApplied(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REVISION_FIELD_NUMBER: _builtins.int
+    APPLY_DELAY_US_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The subscriber has applied every change up to and including this revision."""
+    apply_delay_us: _builtins.int
+    """Microseconds from the subscriber receiving the message that carried
+    `revision` to that change taking effect there (a host agent: its data-path
+    table). Set only when measured; the replica then records one propagation
+    sample (ClusterStatusResponse.propagation).
+    """
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
+        apply_delay_us: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_apply_delay_us", b"_apply_delay_us", "apply_delay_us", b"apply_delay_us"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_apply_delay_us", b"_apply_delay_us", "apply_delay_us", b"apply_delay_us", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__apply_delay_us: _TypeAlias = _typing.Literal["apply_delay_us"]  # noqa: Y015
+    _WhichOneofArgType__apply_delay_us: _TypeAlias = _typing.Literal["_apply_delay_us", b"_apply_delay_us"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__apply_delay_us) -> _WhichOneofReturnType__apply_delay_us | None: ...
 
 Global___WatchApplied: _TypeAlias = WatchApplied  # noqa: Y015
 
@@ -915,6 +940,74 @@ class SubscriberStatus(_message.Message):
 Global___SubscriberStatus: _TypeAlias = SubscriberStatus  # noqa: Y015
 
 @_typing.final
+class ReplicaInfo(_message.Message):
+    """A registry replica, as it announces itself in etcd (under a lease: a replica
+    that stops or loses etcd disappears from the list within its TTL).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    address: _builtins.str
+    """host:port where clients reach it (its --advertise address)."""
+    version: _builtins.str
+    started_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        version: _builtins.str = ...,
+        started_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "replica_id", b"replica_id", "started_unix_ms", b"started_unix_ms", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaInfo: _TypeAlias = ReplicaInfo  # noqa: Y015
+
+@_typing.final
+class PropagationSample(_message.Message):
+    """One registration-to-subscriber propagation measurement: from this replica's
+    view applying `revision` (its etcd watch delivering the commit) to the
+    subscriber reporting the change in effect, as the replica's send delay plus
+    the subscriber's own apply delay (network transit excluded).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIBER_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    subscriber_id: _builtins.str
+    revision: _builtins.int
+    seconds: _builtins.float
+    at_unix_ms: _builtins.int
+    """Wall-clock time the replica took the sample."""
+    def __init__(
+        self,
+        *,
+        subscriber_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "revision", b"revision", "seconds", b"seconds", "subscriber_id", b"subscriber_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PropagationSample: _TypeAlias = PropagationSample  # noqa: Y015
+
+@_typing.final
 class ClusterStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -946,6 +1039,9 @@ class ClusterStatusResponse(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _builtins.int
     HISTORY_START_REVISION_FIELD_NUMBER: _builtins.int
     ETCD_ENDPOINT_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    PROPAGATION_FIELD_NUMBER: _builtins.int
     leader_id: _builtins.int
     etcd_revision: _builtins.int
     """Current etcd revision and the replica's view revision."""
@@ -960,10 +1056,20 @@ class ClusterStatusResponse(_message.Message):
     """Oldest revision the replica can resume a subscriber from."""
     etcd_endpoint: _builtins.str
     """Endpoint of the etcd member the replica is talking to."""
+    compact_revision: _builtins.int
+    """etcd's last compaction: history before this revision is gone (0: never)."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___EtcdMember]: ...
     @_builtins.property
     def subscribers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubscriberStatus]: ...
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]:
+        """Every live registry replica on this etcd cluster (this one included)."""
+
+    @_builtins.property
+    def propagation(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropagationSample]:
+        """This replica's recent propagation samples, oldest first (a bounded window)."""
+
     def __init__(
         self,
         *,
@@ -980,10 +1086,13 @@ class ClusterStatusResponse(_message.Message):
         subscribers: _abc.Iterable[Global___SubscriberStatus] | None = ...,
         history_start_revision: _builtins.int = ...,
         etcd_endpoint: _builtins.str = ...,
+        compact_revision: _builtins.int = ...,
+        replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
+        propagation: _abc.Iterable[Global___PropagationSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["db_quota_bytes", b"db_quota_bytes", "db_size_bytes", b"db_size_bytes", "etcd_endpoint", b"etcd_endpoint", "etcd_revision", b"etcd_revision", "history_start_revision", b"history_start_revision", "instances", b"instances", "leader_id", b"leader_id", "members", b"members", "replica_id", b"replica_id", "replica_version", b"replica_version", "services", b"services", "subscribers", b"subscribers", "view_revision", b"view_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_revision", b"compact_revision", "db_quota_bytes", b"db_quota_bytes", "db_size_bytes", b"db_size_bytes", "etcd_endpoint", b"etcd_endpoint", "etcd_revision", b"etcd_revision", "history_start_revision", b"history_start_revision", "instances", b"instances", "leader_id", b"leader_id", "members", b"members", "propagation", b"propagation", "replica_id", b"replica_id", "replica_version", b"replica_version", "replicas", b"replicas", "services", b"services", "subscribers", b"subscribers", "view_revision", b"view_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
