@@ -74,6 +74,10 @@ test-rust: ## cargo test of the SAL core
 test-unit: $(STAMP) ## Python unit tests (pure cores, fakes)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: helm-check
+helm-check: $(STAMP) ## Helm chart and image: render, validate (k8s 1.27/1.37 strict), lint, invariants, wheel
+	$(BIN)/pytest tests/unit/test_helm_chart.py tests/unit/test_helm_components.py tests/unit/test_container_image.py $(PYTEST_ARGS)
+
 .PHONY: test-integration
 test-integration: system-deps $(STAMP) ## Integration tests against real etcd (1 and 3 members) and gRPC
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
