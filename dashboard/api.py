@@ -117,13 +117,20 @@ async def service(request: Request, service: str, _: Reader) -> dict[str, Any]:
     return {"service": service, "instances": [views.instance(i, left.get(i.lease_id)) for i in found]}
 
 
+LEASE_LOOKUP_SECONDS = 1.0
+
+
 async def lease_times_left(st: State, service: str) -> dict[int, int]:
-    """Seconds each lease of `service`'s instances has left, by lease ID ({} if the registry
-    cannot say now: the page shows the TTL only)."""
+    """Seconds each lease of `service`'s instances has left, by lease ID; {} when the registry
+    cannot say within `LEASE_LOOKUP_SECONDS` or the feed is disconnected (the page then shows
+    the TTL only, and never waits on a registry known to be away)."""
+    if not st.feed.connected:
+        return {}
     try:
-        answer = await st.client.resolve(service, with_lease_time_left=True)
-    except RpcError as e:
-        log.info("lease times of %s unavailable: %s", service, e)
+        async with asyncio.timeout(LEASE_LOOKUP_SECONDS):
+            answer = await st.client.resolve(service, with_lease_time_left=True)
+    except (RpcError, TimeoutError) as e:
+        log.info("lease times of %s unavailable: %s", service, e or "timed out")
         return {}
     return {i.lease_id: i.lease_time_left_seconds for i in answer.instances}
 
