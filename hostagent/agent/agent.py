@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,8 @@ class Agent:
         self.client: RegistryClient | None = None
         self.session: RegistrySession | None = None
         if config.registry:
-            self.client = RegistryClient(list(config.registry), transport=transport_grpclib.dial)
+            targets = spread(config.registry, config.agent_id)
+            self.client = RegistryClient(targets, transport=transport_grpclib.dial)
             self.session = RegistrySession(self.client, config.lease_ttl, config.keepalive_interval)
         table = DesiredTable(config.zone, config.region)
         self.extras = ExtraSources(table)
@@ -384,3 +386,13 @@ def _error(task: asyncio.Task[None]) -> BaseException | None:
     if task.cancelled():
         return asyncio.CancelledError(f"task {task.get_name()} was cancelled")
     return task.exception()
+
+
+def spread(targets: Sequence[str], agent_id: str) -> list[str]:
+    """`targets` rotated by a stable hash of `agent_id`: agents given the same replica list
+    start on different replicas (spreading their watch streams), each always on the same
+    one, and fail over through the rest in the listed order."""
+    if not targets:
+        return []
+    k = zlib.crc32(agent_id.encode()) % len(targets)
+    return [*targets[k:], *targets[:k]]

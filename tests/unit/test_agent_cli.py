@@ -62,3 +62,14 @@ def test_open_datapath_fails_clearly_without_the_rust_data_path(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, datapath.DATAPATH_MODULE, None)  # import now raises ImportError
     with pytest.raises(datapath.DatapathUnavailable, match="not available in this build"):
         datapath.open_datapath(datapath.DatapathConfig())
+
+
+def test_agents_spread_over_the_registry_replicas_stably() -> None:
+    from hostagent.agent.agent import spread
+
+    replicas = ["r1:7070", "r2:7070", "r3:7070"]
+    firsts = {spread(replicas, f"host-{n}")[0] for n in range(30)}
+    assert firsts == set(replicas)  # 30 agents start on every replica
+    assert spread(replicas, "host-7") == spread(replicas, "host-7")  # the same one each time
+    assert sorted(spread(replicas, "host-7")) == sorted(replicas)  # and keep all for failover
+    assert spread([], "host-7") == []
