@@ -1,10 +1,11 @@
 """The dashboard's I/O shell towards the registry: one watch into the `Model`,
 a periodic `ClusterStatus` poll, and the fan-out of change notices to SSE clients.
 
-The poll asks the replica the dashboard is connected to, then every other
-replica that status lists (`ClusterStatus.replicas`, at its advertised
-address), concurrently: each replica knows only its own subscribers and
-propagation samples. `replicas` holds the latest answer or error of each;
+The poll asks the replica the dashboard is connected to for the whole
+status, then every other replica that status lists (`ClusterStatus.replicas`,
+at its advertised address), concurrently and `local_only` (no etcd calls: the
+cluster's state came with the first answer): each replica knows only its own
+subscribers and propagation samples. `replicas` holds the latest answer or error of each;
 every answer's samples go into the model (`Model.add_propagation`).
 
 Order per watch message: apply to the model (with the wall time it arrived),
@@ -97,12 +98,9 @@ class Feed:
     def subscriber_statuses(self) -> dict[str, tuple[str, pb.SubscriberStatus]]:
         """Every replica's subscribers by subscriber ID, with the replica serving each."""
         out: dict[str, tuple[str, pb.SubscriberStatus]] = {}
-        answers = [r.status for r in self.replicas.values() if r.status is not None]
-        if not answers and self.status is not None:
-            answers = [self.status]
-        for st in answers:
-            for sub in st.subscribers:
-                out.setdefault(sub.subscriber_id, (st.replica_id, sub))
+        for replica_id, r in self.replicas.items():
+            for sub in r.status.subscribers if r.status is not None else ():
+                out.setdefault(sub.subscriber_id, (replica_id, sub))
         return out
 
     def stale_for(self) -> float:
@@ -179,7 +177,7 @@ class Feed:
         if peer is None:
             peer = self._peers[info.address] = RegistryClient([info.address], timeout=self.status_interval)
         try:
-            return ReplicaState(info, await peer.cluster_status(), "", self.clock())
+            return ReplicaState(info, await peer.cluster_status(local_only=True), "", self.clock())
         except RpcError as e:
             return ReplicaState(info, None, f"{e.code.name}: {e.details}", self.clock())
 

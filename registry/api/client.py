@@ -172,8 +172,8 @@ class RegistryClient:
         )
         return await self._unary("ListServices", req, pb.ListServicesResponse)
 
-    async def cluster_status(self) -> pb.ClusterStatusResponse:
-        req = pb.ClusterStatusRequest()
+    async def cluster_status(self, local_only: bool = False) -> pb.ClusterStatusResponse:
+        req = pb.ClusterStatusRequest(local_only=local_only)
         return await self._unary("ClusterStatus", req, pb.ClusterStatusResponse, self.timeout + 2)
 
     async def keep_alive_once(self, lease_id: int) -> int:

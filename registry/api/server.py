@@ -86,6 +86,7 @@ class Replica:
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
         self.address = ""
+        self.started_unix_ms = 0
 
     async def start(self) -> int:
         """Bind and start serving; return the bound port."""
@@ -110,7 +111,8 @@ class Replica:
         if not self.replica_id:
             self.replica_id = self.hub.replica_id = f"{socket.gethostname()}:{self.port}"
         self.address = self.config.advertise or advertised_address(self.config.listen, self.port)
-        record = ReplicaRecord(self.replica_id, self.address, __version__, round(time.time() * 1000))
+        self.started_unix_ms = round(time.time() * 1000)
+        record = ReplicaRecord(self.replica_id, self.address, __version__, self.started_unix_ms)
         await self._set_health(False)
         await server.start()
         self._server = server
@@ -145,8 +147,18 @@ class Replica:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def cluster_status(self) -> pb.ClusterStatusResponse:
-        msg = convert.cluster_status_to_pb(await self.store.cluster_status())
+    async def cluster_status(self, local_only: bool = False) -> pb.ClusterStatusResponse:
+        """The etcd cluster and this replica; with `local_only`, this replica alone (no etcd call)."""
+        if local_only:
+            msg = pb.ClusterStatusResponse()
+            msg.replicas.add(
+                replica_id=self.replica_id,
+                address=self.address,
+                version=__version__,
+                started_unix_ms=self.started_unix_ms,
+            )
+        else:
+            msg = convert.cluster_status_to_pb(await self.store.cluster_status())
         msg.view_revision = self.view.revision
         msg.replica_id = self.replica_id
         msg.replica_version = __version__

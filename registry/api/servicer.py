@@ -232,7 +232,8 @@ class RegistryServicer:
                 self._hub.record_applied(sub, applied.revision, delay)
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: Ctx) -> pb.ClusterStatusResponse:
-        return await _call(context, self._status())
+        return await _call(context, self._status(request.local_only))
 
 
-StatusSource = Callable[[], Awaitable[pb.ClusterStatusResponse]]
+# `StatusSource(local_only)`: see `ClusterStatusRequest.local_only`.
+StatusSource = Callable[[bool], Awaitable[pb.ClusterStatusResponse]]

@@ -504,3 +504,12 @@ async def test_acks_with_apply_delays_become_propagation_samples(start_replica: 
     samples = [p for p in status.propagation if p.subscriber_id == "agent/slow"]
     assert [p.revision for p in samples] == revisions
     assert all(0.1 <= p.seconds < 1.0 and p.at_unix_ms > 0 for p in samples)
+
+
+async def test_local_only_status_answers_without_etcd(start_replica: StartReplica) -> None:
+    r1, client = await start_replica()
+    await r1.store.close()  # no etcd for this replica any more: a full status would fail
+    local = await client.cluster_status(local_only=True)
+    assert not local.members and local.replica_id == "r1"
+    assert [(r.replica_id, r.address) for r in local.replicas] == [("r1", f"127.0.0.1:{r1.port}")]
+    assert local.view_revision == r1.view.revision

@@ -1011,12 +1011,20 @@ Global___PropagationSample: _TypeAlias = PropagationSample  # noqa: Y015
 class ClusterStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    LOCAL_ONLY_FIELD_NUMBER: _builtins.int
+    local_only: _builtins.bool
+    """Only this replica's own figures (view, subscribers, propagation, its
+    announcement): no etcd calls. For a poller that already has the cluster's
+    state from another replica (the dashboard polling every replica).
+    """
     def __init__(
         self,
+        *,
+        local_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_only", b"local_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
