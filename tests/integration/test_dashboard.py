@@ -16,10 +16,10 @@ from dashboard.model import LATENCY_KEY
 from hostagent.agent.agent import Agent, AgentConfig
 from hostagent.agent.datapath import DatapathConfig
 from registry.api.client import keep_session_alive
-from registry.api.server import Replica, ReplicaConfig
 from registry.api.v1 import registry_pb2 as pb
 from tests.fakes.datapath import FakeDatapath
 from tests.support.dashboard import ADMIN_TOKEN, READ_TOKEN, DashboardRig, dashboard_rig, inst, wait_for
+from tests.support.replica import started_replica
 
 pytestmark = pytest.mark.integration
 
@@ -78,68 +78,62 @@ async def test_every_replica_its_agents_propagation_compaction_and_lease_time(
     """A second replica, an agent subscribed to it (fake data path), a registration: the
     dashboard lists both replicas, finds the agent on the other one, charts its
     registration → agent propagation, and shows etcd's compaction and the lease's time left."""
-    other = Replica(
-        ReplicaConfig(
-            etcd_endpoints=list(etcd_single.endpoints),
-            listen="127.0.0.1:0",
-            prefix=etcd_prefix,
-            replica_id="r2",
-            progress_interval=0.5,
+    async with started_replica(etcd_single.endpoints, etcd_prefix, replica_id="r2") as other:
+        port = other.port
+        config = AgentConfig(
+            registry=[f"127.0.0.1:{port}"],
+            agent_id="host-p",
+            socket_path=tmp_path / "agent.sock",
+            sal_listen=(("0.0.0.0", 0),),
+            metrics_port=None,
+            lease_ttl=5,
+            keepalive_interval=1,
         )
-    )
-    port = await other.start()
-    await other.wait_ready(15)
-    config = AgentConfig(
-        registry=[f"127.0.0.1:{port}"],
-        agent_id="host-p",
-        socket_path=tmp_path / "agent.sock",
-        sal_listen=(("0.0.0.0", 0),),
-        metrics_port=None,
-        lease_ttl=5,
-        keepalive_interval=1,
-    )
-    fake = FakeDatapath(DatapathConfig(sal_listen=(("0.0.0.0", 0),)))
-    agent = Agent(config, datapath_factory=lambda cfg: fake, address_reader=lambda: frozenset({"10.9.0.1"}))
-    await agent.start()
-    try:
-        await wait_for(lambda: rig.state.model.counts().agents == 1)
-        reg = await rig.registry.register(inst("i-1", ttl_seconds=30))
-        # the agent applies it after its debounce and reports that with its next ack (≤ 1 s)
-        await wait_for(
-            lambda: any(
-                p.revision >= reg.revision
-                for p in rig.state.model.propagation
-                if p.subscriber == "agent/host-p"
-            ),
-            10,
+        fake = FakeDatapath(DatapathConfig(sal_listen=(("0.0.0.0", 0),)))
+        agent = Agent(
+            config, datapath_factory=lambda cfg: fake, address_reader=lambda: frozenset({"10.9.0.1"})
         )
-        async with rig.http(READ_TOKEN) as http:
-            prop = (await http.get("/api/v1/propagation")).json()
-            (row,) = [r for r in prop["subscribers"] if r["subscriber"] == "agent/host-p"]
-            assert row["samples"] >= 1 and 0 < row["max"] < 1.0
-            assert prop["samples"] >= 1 and prop["p50"] <= prop["p99"] <= prop["max"]
-            (agent_row,) = (await http.get("/api/v1/agents")).json()["agents"]
-            assert agent_row["agent_id"] == "host-p" and agent_row["replica"] == "r2"
-            assert agent_row["applied_revision"] >= reg.revision
-            cluster = (await http.get("/api/v1/cluster")).json()
-            replicas = {r["replica_id"]: r for r in cluster["replicas"]}
-            assert set(replicas) == {"r1", "r2"} and replicas["r2"]["address"] == f"127.0.0.1:{port}"
-            assert replicas["r2"]["reachable"] and replicas["r2"]["subscribers"] == 1
-            await rig.replica.store.compact(reg.revision)
-            await wait_for(lambda: (rig.state.feed.status or pb.ClusterStatusResponse()).compact_revision > 0)
-            cluster = (await http.get("/api/v1/cluster")).json()
-            assert cluster["last_compaction_revision"] == reg.revision
-            (i,) = (await http.get("/api/v1/services/payments.prod")).json()["instances"]
-            assert 25 <= i["lease_remaining_seconds"] <= 30 and i["ttl_seconds"] == 30
-        async with rig.http(None) as browser:  # the pages: a login session, not a bearer token
-            await browser.post("/login", data={"token": READ_TOKEN})
-            page = (await browser.get("/propagation")).text
-            assert "agent/host-p" in page and "<polyline" in page
-            assert "r2" in (await browser.get("/")).text
-            assert "s left of 30 s" in (await browser.get("/services/payments.prod")).text
-    finally:
-        await agent.stop()
-        await other.stop(grace=0.2)
+        await agent.start()
+        try:
+            await wait_for(lambda: rig.state.model.counts().agents == 1)
+            reg = await rig.registry.register(inst("i-1", ttl_seconds=30))
+            # the agent applies it after its debounce and reports that with its next ack (≤ 1 s)
+            await wait_for(
+                lambda: any(
+                    p.revision >= reg.revision
+                    for p in rig.state.model.propagation
+                    if p.subscriber == "agent/host-p"
+                ),
+                10,
+            )
+            async with rig.http(READ_TOKEN) as http:
+                prop = (await http.get("/api/v1/propagation")).json()
+                (row,) = [r for r in prop["subscribers"] if r["subscriber"] == "agent/host-p"]
+                assert row["samples"] >= 1 and 0 < row["max"] < 1.0
+                assert prop["samples"] >= 1 and prop["p50"] <= prop["p99"] <= prop["max"]
+                (agent_row,) = (await http.get("/api/v1/agents")).json()["agents"]
+                assert agent_row["agent_id"] == "host-p" and agent_row["replica"] == "r2"
+                assert agent_row["applied_revision"] >= reg.revision
+                cluster = (await http.get("/api/v1/cluster")).json()
+                replicas = {r["replica_id"]: r for r in cluster["replicas"]}
+                assert set(replicas) == {"r1", "r2"} and replicas["r2"]["address"] == f"127.0.0.1:{port}"
+                assert replicas["r2"]["reachable"] and replicas["r2"]["subscribers"] == 1
+                await rig.replica.store.compact(reg.revision)
+                await wait_for(
+                    lambda: (rig.state.feed.status or pb.ClusterStatusResponse()).compact_revision > 0
+                )
+                cluster = (await http.get("/api/v1/cluster")).json()
+                assert cluster["last_compaction_revision"] == reg.revision
+                (i,) = (await http.get("/api/v1/services/payments.prod")).json()["instances"]
+                assert 25 <= i["lease_remaining_seconds"] <= 30 and i["ttl_seconds"] == 30
+            async with rig.http(None) as browser:  # the pages: a login session, not a bearer token
+                await browser.post("/login", data={"token": READ_TOKEN})
+                page = (await browser.get("/propagation")).text
+                assert "agent/host-p" in page and "<polyline" in page
+                assert "r2" in (await browser.get("/")).text
+                assert "s left of 30 s" in (await browser.get("/services/payments.prod")).text
+        finally:
+            await agent.stop()
 
 
 async def test_actions_drain_undrain_weight_deregister_are_audited(rig: DashboardRig) -> None:

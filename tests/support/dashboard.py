@@ -21,8 +21,9 @@ from dashboard.app import create_app
 from dashboard.auth import ADMIN, READ_ONLY, Principal
 from dashboard.state import DashboardConfig, State
 from registry.api.client import RegistryClient
-from registry.api.server import Replica, ReplicaConfig
+from registry.api.server import Replica
 from registry.model import Instance
+from tests.support.replica import started_replica
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 READ_TOKEN = "read-token-0123456789abcdef"
@@ -74,48 +75,36 @@ async def dashboard_rig(
     open_reads: bool = False,
     stale_after: float = 15.0,
 ) -> AsyncIterator[DashboardRig]:
-    replica = Replica(
-        ReplicaConfig(
-            etcd_endpoints=etcd_endpoints,
-            listen="127.0.0.1:0",
-            prefix=prefix,
-            replica_id="r1",
-            progress_interval=0.5,
-            etcd_timeout=3.0,
+    async with started_replica(etcd_endpoints, prefix) as replica:
+        target = f"127.0.0.1:{replica.port}"
+        registry = RegistryClient([target], timeout=5)
+        config = DashboardConfig(
+            registry=[target],
+            tokens=dict(TOKENS),
+            open_reads=open_reads,
+            status_interval=0.5,
+            stale_after=stale_after,
         )
-    )
-    port = await replica.start()
-    await replica.wait_ready(15)
-    target = f"127.0.0.1:{port}"
-    registry = RegistryClient([target], timeout=5)
-    config = DashboardConfig(
-        registry=[target],
-        tokens=dict(TOKENS),
-        open_reads=open_reads,
-        status_interval=0.5,
-        stale_after=stale_after,
-    )
-    app = create_app(config)
-    server: uvicorn.Server | None = None
-    task: asyncio.Task[None] | None = None
-    try:
-        if serve:
-            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-            task = asyncio.create_task(server.serve())
-            await wait_for(lambda: server is not None and server.started, 10)
-            sock = server.servers[0].sockets[0]
-            base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            rig = DashboardRig(replica, registry, app, base)
-            await asyncio.wait_for(rig.state.feed.ready.wait(), 10)
-            yield rig
-        else:
-            async with app.router.lifespan_context(app):
-                rig = DashboardRig(replica, registry, app, "http://dashboard")
+        app = create_app(config)
+        server: uvicorn.Server | None = None
+        task: asyncio.Task[None] | None = None
+        try:
+            if serve:
+                server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+                task = asyncio.create_task(server.serve())
+                await wait_for(lambda: server is not None and server.started, 10)
+                sock = server.servers[0].sockets[0]
+                base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+                rig = DashboardRig(replica, registry, app, base)
                 await asyncio.wait_for(rig.state.feed.ready.wait(), 10)
                 yield rig
-    finally:
-        if server is not None and task is not None:
-            server.should_exit = True
-            await task
-        await registry.close()
-        await replica.stop(grace=0.2)
+            else:
+                async with app.router.lifespan_context(app):
+                    rig = DashboardRig(replica, registry, app, "http://dashboard")
+                    await asyncio.wait_for(rig.state.feed.ready.wait(), 10)
+                    yield rig
+        finally:
+            if server is not None and task is not None:
+                server.should_exit = True
+                await task
+            await registry.close()

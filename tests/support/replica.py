@@ -1,7 +1,8 @@
 """A real registry replica for tests, over a real etcd (`tests.support.etcd`).
 
-- `running_replica(endpoints, prefix)`: one replica on 127.0.0.1 (any port), ready
-  to serve; yields its "host:port" target and stops it on exit.
+- `started_replica(endpoints, prefix, replica_id)`: one replica on 127.0.0.1 (any
+  port), ready to serve; yields the `Replica` and stops it on exit.
+- `running_replica(endpoints, prefix)`: that, yielding its "host:port" target.
 - `registry_target`: that, as a fixture over `etcd_single` and the test's `etcd_prefix`.
 """
 
@@ -17,23 +18,32 @@ from registry.api.server import Replica, ReplicaConfig
 
 
 @contextlib.asynccontextmanager
-async def running_replica(etcd_endpoints: Sequence[str], prefix: str) -> AsyncIterator[str]:
+async def started_replica(
+    etcd_endpoints: Sequence[str], prefix: str, replica_id: str = "r1"
+) -> AsyncIterator[Replica]:
+    """One replica on 127.0.0.1 (any port, `replica.port`), ready to serve; stopped on exit."""
     replica = Replica(
         ReplicaConfig(
             etcd_endpoints=list(etcd_endpoints),
             listen="127.0.0.1:0",
             prefix=prefix,
-            replica_id="r1",
+            replica_id=replica_id,
             progress_interval=0.5,
             etcd_timeout=3.0,
         )
     )
-    port = await replica.start()
+    await replica.start()
     try:
         await replica.wait_ready(15)
-        yield f"127.0.0.1:{port}"
+        yield replica
     finally:
         await replica.stop(grace=0.2)
+
+
+@contextlib.asynccontextmanager
+async def running_replica(etcd_endpoints: Sequence[str], prefix: str) -> AsyncIterator[str]:
+    async with started_replica(etcd_endpoints, prefix) as replica:
+        yield f"127.0.0.1:{replica.port}"
 
 
 @pytest.fixture
