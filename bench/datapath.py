@@ -44,19 +44,18 @@ from bench.common import CpuMeter, machine_info, proc_status_kb, progress
 from bench.datapath_report import combine_runs, iperf_summary, render, stall_after, summary_rows
 from bench.runner import run_benchmark
 from bench.stats import latency_summary_ms
-from deploy.lab_services import Agent, start_agent, start_etcd, start_registry
 from deploy.netns import NetnsLab, unavailable_reason
-from deploy.topology import Topology
+from deploy.testbed import AGENT_METRICS_PORT, AgentSpec, TestbedSpec
+from deploy.testbed_run import Agent, Testbed
 from registry.processes import ChildProcess
 
-TOPOLOGY = {"hosts": {"etcd": ["lan"], "registry": ["lan"], "client": ["lan"], "server": ["lan"]}}
 IPERF_PORT = 5201  # iperf3 server (server host, all addresses) and the client agent's upstream port
 HAPROXY_CLIENT_PORT = 5202  # haproxy in `client`, 127.0.0.1
 HAPROXY_SERVER_PORT = 5203  # haproxy in `server`, its lan address
 SPLICE_CLIENT_PORT = 5204  # haproxy with splice in `client`, 127.0.0.1
 SPLICE_SERVER_PORT = 5205  # haproxy with splice in `server`, its lan address
 TCP_SERVER_PORT = 9100  # the plain TCP server of the set-up baseline
-METRICS_PORT = 9464  # both agents' Prometheus endpoint (127.0.0.1 inside their host)
+METRICS_PORT = AGENT_METRICS_PORT  # both agents' Prometheus endpoint (127.0.0.1 inside their host)
 IPERF_NAME = "iperf.bench"
 SETUP_NAME = "setup.bench"
 MIGRATION_NAME = "migrate.bench"
@@ -84,7 +83,7 @@ class Settings:
     stall_start_within_ms: float = 50.0  # the stall's gap begins at most this long after the change
     entries: int = 100_000
     entry_services: int = 100_000  # one instance per service: every entry is its own table rule
-    address_poll_s: float = 0.5  # the lab's setting (`deploy.lab_services.start_agent`)
+    address_poll_s: float = 0.5  # the agents' --address-poll
 
 
 FULL = Settings(mode="full")
@@ -146,29 +145,13 @@ def main(argv: list[str] | None = None) -> int:
 class Bench:
     """The lab and what runs in it; one method per phase."""
 
-    def __init__(self, lab: NetnsLab, settings: Settings, run_dir: Path) -> None:
-        self.lab = lab
+    def __init__(self, bed: Testbed, settings: Settings, run_dir: Path) -> None:
+        self.lab: NetnsLab = bed.lab
         self.settings = settings
         self.run_dir = run_dir
-        self.server_ip = lab.address("server", "lan")
-        self.registry = ""
-        self.agents: dict[str, Agent] = {}
-
-    def start(self) -> None:
-        lab, s = self.lab, self.settings
-        progress("starting etcd and the registry")
-        etcd = start_etcd(lab, "etcd", self.run_dir / "etcd")
-        self.registry = start_registry(lab, "registry", etcd)
-        progress("starting the agents")
-        common = ["--metrics-port", str(METRICS_PORT), "--address-poll", f"{s.address_poll_s:g}"]
-        self.agents["server"] = start_agent(
-            lab, "server", self.registry, self.run_dir / "agents", lease_ttl=10,
-            extra_args=[*common, "--expose", f"{IPERF_NAME}=127.0.0.1:{IPERF_PORT}"],
-        )  # fmt: skip
-        self.agents["client"] = start_agent(
-            lab, "client", self.registry, self.run_dir / "agents", lease_ttl=10,
-            extra_args=[*common, "--upstream", f"127.0.0.1:{IPERF_PORT}={IPERF_NAME}"],
-        )  # fmt: skip
+        self.server_ip = bed.address("server")
+        self.registry = bed.registry
+        self.agents: dict[str, Agent] = bed.agents
 
     def pid(self, host: str) -> int:
         proc = self.agents[host].process.proc
@@ -391,7 +374,7 @@ class Bench:
             f"memory: registering {s.entries:,} SAL-capable instances over {s.entry_services:,} services"
         )
         load = self.app(
-            "registry", "load", "--registry", self.registry, "--instances", str(s.entries),
+            "registry1", "load", "--registry", self.registry, "--instances", str(s.entries),
             "--services", str(s.entry_services), timeout=600,
         )  # fmt: skip
         progress(f"memory: loaded in {load['seconds']:.1f} s; waiting for the client agent's table")
@@ -433,11 +416,12 @@ def run_all(settings: Settings, run_dir: Path, phases: tuple[str, ...] = PHASES)
         "iperf3_version": _version(["iperf3", "--version"]),
         "haproxy_version": _version(["haproxy", "-v"]),
     }
-    lab = NetnsLab(Topology.from_dict(TOPOLOGY), run_dir / "logs")
-    progress(f"creating the lab (run {lab.run_id}, logs in {run_dir / 'logs'})")
-    with lab:
-        bench = Bench(lab, settings, run_dir)
-        bench.start()
+    bed = Testbed(bench_spec(settings), run_dir)
+    progress(
+        f"starting the test bed: etcd, a registry, two agents (run {bed.run_id}, logs in {run_dir / 'logs'})"
+    )
+    with bed:
+        bench = Bench(bed, settings, run_dir)
         rss_start_kb = proc_status_kb(bench.pid("client"))["VmRSS"]
         if "throughput" in phases:
             results["throughput"] = bench.throughput()
@@ -450,6 +434,23 @@ def run_all(settings: Settings, run_dir: Path, phases: tuple[str, ...] = PHASES)
         progress("removing the lab")
     results["elapsed_s"] = time.monotonic() - started
     return results
+
+
+def bench_spec(settings: Settings) -> TestbedSpec:
+    """The bench's hosts, from the test bed: etcd and a registry, the agents `server` (exposing
+    iperf3's port by name) and `client` (an upstream port to that name)."""
+    return TestbedSpec(
+        etcd_members=1,
+        registries=1,
+        dns=False,
+        dashboard=False,
+        agents=(
+            AgentSpec("server", args=("--expose", f"{IPERF_NAME}=127.0.0.1:{IPERF_PORT}")),
+            AgentSpec("client", args=("--upstream", f"127.0.0.1:{IPERF_PORT}={IPERF_NAME}")),
+        ),
+        lease_ttl=10,
+        address_poll=settings.address_poll_s,
+    )
 
 
 def haproxy_config(bind: str, target: str, splice: bool = False) -> str:

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from deploy.lab_services import Agent
 from deploy.netcheck import parse_target, probe, probe_unix
 from deploy.netns import NetnsLab
 from deploy.testbed import (
@@ -52,6 +51,16 @@ from registry.raft.local_etcd import etcd_env, find_etcd
 STATE_FILE = "state.json"
 MARKER = ".serval-testbed"  # a folder holding it was made by `up` and may be deleted by `down`
 START_TIMEOUT = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Agent:
+    """A running agent: its host, Unix socket and SAL endpoint."""
+
+    host: str
+    socket: Path
+    sal_endpoint: str
+    process: ChildProcess
 
 
 class TestbedError(RuntimeError):

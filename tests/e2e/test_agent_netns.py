@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from deploy.lab_services import Agent
 from deploy.netns import NetnsLab
 from deploy.testbed import AGENT_METRICS_PORT, AgentSpec, TestbedSpec
+from deploy.testbed_run import Agent
 from registry.processes import ChildProcess
 from tests.support.testbed import MakeTestbed
 
